@@ -1,0 +1,137 @@
+"""Plain, JSON-serialisable settings of a model and of its training.
+
+``ModelConfig`` travels inside every checkpoint (so a checkpoint says what it is); the
+``TrainConfig`` is what ``lpd train`` reads from a JSON file and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lpd.classes import CLASS_COLOURS, CLASS_NAMES
+from lpd.errors import InputError
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """What defines a model: enough to rebuild it and to use it correctly."""
+
+    backbone: str = DEFAULT_BACKBONE
+    head: str = "prototype"  # "prototype" (LPD) or "cam" (global-pooling classifier baseline)
+    class_names: tuple[str, ...] = CLASS_NAMES
+    class_colours: tuple[tuple[int, int, int], ...] = tuple(CLASS_COLOURS[c] for c in CLASS_NAMES)
+    prototypes_per_class: int = 10
+    prototype_dim: int = 256
+    projection_hidden: int = 256
+    init_temperature: float = 1 / 0.07
+    output_stride: int | None = 16  # used where timm supports it
+    # test-time class score from per-prototype scores: "mean" or "softmax" (reference code)
+    class_score: str = "mean"
+    freeze_prototypes: bool = False  # the PBIP-style fixed bank (k-means initialised)
+    input_size: int = 224
+    mean: tuple[float, float, float] | None = None  # None: the backbone's own (timm) values
+    std: tuple[float, float, float] | None = None
+    microns_per_pixel: float | None = None  # magnification of the training data
+    # inference: fusion weights of the last three scales, background exponent, presence
+    fusion_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
+    background_power: float = 10.0
+    presence_threshold: float = 0.5
+    stain_normalisation: str | None = None  # None or "macenko"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> ModelConfig:
+        return _from_dict(cls, data, source)
+
+
+@dataclass
+class TrainConfig:
+    """One-stage training schedule (DESIGN.md, the method)."""
+
+    steps: int = 600
+    batch_size: int = 10
+    lr: float = 5e-5
+    head_lr_scale: float = 10.0  # prototypes/projections learn faster than the backbone
+    weight_decay: float = 1e-3
+    poly_power: float = 0.9
+    warmup_iters: int = 100  # classification loss only before this step
+    cls_weights: tuple[float, float, float, float] = (0.0, 0.1, 1.0, 1.0)
+    div_weight: float = 0.5  # lambda_div; 0 switches the diversity loss off
+    div_mode: str = "correct"  # "correct" or "released" (reference code's behaviour)
+    div_tau: float = 10.0  # temperature inside softmax_u(div_tau * cos)
+    div_background_score: float = 0.3  # fixed background score of the pseudo-mask
+    sim_weight: float = 0.0  # optional FG/BG contrastive loss, off by default
+    sim_encoder: str = DEFAULT_BACKBONE
+    stain_augment: bool = True
+    hed_sigma: float = 0.05
+    hed_bias: float = 0.05
+    seed: int = 0
+    amp: bool = True  # mixed precision, used on CUDA only
+    val_every: int = 0  # steps; 0 = only at the end
+    checkpoint_every: int = 0  # steps; 0 = only at the end
+    num_workers: int = 0
+    threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
+        return _from_dict(cls, data, source)
+
+
+@dataclass
+class RunConfig:
+    """A config file for ``lpd train``: ``{"model": {...}, "train": {...}}``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "config file not found") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(path, f"not a JSON config file ({exc})") from None
+        if not isinstance(data, dict) or set(data) - {"model", "train"}:
+            raise InputError(path, 'expected a JSON object with "model" and/or "train" keys')
+        return cls(
+            model=ModelConfig.from_dict(data.get("model", {}), str(path)),
+            train=TrainConfig.from_dict(data.get("train", {}), str(path)),
+        )
+
+
+def _from_dict(cls: type, data: dict[str, Any], source: str | None) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(source, f"{cls.__name__} must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(source, f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        kwargs[name] = _tupleize(value) if isinstance(default, tuple) or name.endswith(("_colours", "mean", "std")) else value
+    return cls(**kwargs)
+
+
+def _tupleize(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupleize(v) for v in value)
+    return value

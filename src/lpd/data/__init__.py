@@ -1,0 +1,1 @@
+"""Data: BCSS-WSSS, tile mosaics, synthetic tissue, augmentation, slides, tags."""

@@ -1,0 +1,1 @@
+"""Inference: CAMs -> label maps for patches; tiled inference over slides."""

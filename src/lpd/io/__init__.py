@@ -1,0 +1,1 @@
+"""Files: checkpoints (safetensors + JSON config) and exports."""
