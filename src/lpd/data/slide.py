@@ -1,0 +1,394 @@
+"""Whole-slide images as pyramids of lazy dask arrays, never read whole.
+
+``open_slide`` reads Aperio SVS, generic tiled / pyramidal TIFF, OME-TIFF and NDPI (what
+tifffile reads) through ``tifffile -> zarr store -> dask``: one array per pyramid level, each
+from its own TIFF page (never ``base[::2]``), in chunks of about 1 MiB made of whole file
+tiles. Plain PNG / JPEG (anything PIL reads) is small: read once into a single level, up to
+``lpd.data.images.MAX_PIXELS``.
+
+Every level is ``(H, W, 3) uint8``, converted per chunk as it is read: grayscale is repeated
+to RGB; gray+alpha and RGBA are composited on white (transparent = background); integers
+wider than 8 bits are scaled to 0..255 by the TIFF's MaxSampleValue, else by ``2**bits - 1``
+(full-range 16-bit is divided by 257: a lazy reader can't scan the image for its maximum),
+rounded; MinIsWhite is inverted. Float, signed, palette, CMYK, > 4 samples and extra
+non-singleton axes (focal planes, time, channels) are refused.
+
+Before any pixel is read the header is checked: every image directory and tag value lies
+inside the file, the tile count matches the declared size, tiles lie inside the file and one
+tile is < 256 MiB decoded. So truncated files and headers declaring absurd sizes are an
+``InputError`` at open time, without allocating. Corrupt tile data is only found when read:
+that read (also from inside a dask task) raises an ``InputError`` naming the file, the level
+and the tile.
+
+Microns per pixel: the Aperio description (``MPP = 0.499``), OME PhysicalSizeX, else the TIFF
+resolution tags (centimetre / inch; values outside 0.01..100 µm/px, such as a 72 dpi
+placeholder, are ignored). ``mpp=`` overrides them. Otherwise ``mpp`` is None and
+``mpp_source`` is ``"unknown"``: callers refuse or flag areas in µm².
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from lpd.data.pyramid import CONVERT_HINT, check_tiff_level, check_tiff_structure
+from lpd.errors import InputError
+
+CHUNK_BYTES = 2**20  # target size of one dask chunk (decoded RGB)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_AXES = ("YX", "YXS", "SYX", "CYX")
+_UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
+             "Å": 1e-4, "pm": 1e-6}
+_MPP_RANGE = (0.01, 100.0)
+
+
+@dataclass(eq=False)
+class Slide:
+    """An opened slide. ``levels[i]`` is a lazy ``(H, W, 3) uint8`` dask array of level i
+    (level 0 is full resolution); ``downsamples[i]`` is level-0 pixels per level-i pixel."""
+
+    path: Path
+    levels: list[da.Array]
+    downsamples: list[float]
+    mpp: float | None
+    mpp_source: str  # "metadata", "override" or "unknown"
+    vendor: str  # "aperio", "ome", "ndpi", "tiff", "png", "jpeg", "image", ...
+    metadata: dict = field(default_factory=dict)
+    _handle: _TiffHandle | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Level-0 (H, W)."""
+        return int(self.levels[0].shape[0]), int(self.levels[0].shape[1])
+
+    def level_mpp(self, level: int) -> float | None:
+        """Microns per pixel of a level (None when unknown)."""
+        return None if self.mpp is None else self.mpp * self.downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> tuple[int, float]:
+        """(level, factor): the coarsest level at least as fine as ``target_mpp`` (1 %
+        tolerance) and the resize factor that brings it to the target (new size = size *
+        factor; < 1 shrinks; exactly 1.0 within 1 %). Upsamples (> 1) only when level 0 is
+        coarser than the target. InputError when the slide's mpp is unknown."""
+        if not (math.isfinite(target_mpp) and target_mpp > 0):
+            raise ValueError(f"target_mpp must be a positive number, got {target_mpp}")
+        if self.mpp is None:
+            raise InputError(self.path, "microns per pixel unknown (not in the file's "
+                             "metadata); give it explicitly (mpp= / --mpp)")
+        fine = [i for i in range(len(self.levels)) if self.level_mpp(i) <= target_mpp * 1.01]
+        level = max(fine, key=lambda i: self.downsamples[i]) if fine else 0
+        factor = self.level_mpp(level) / target_mpp
+        return level, 1.0 if abs(factor - 1.0) <= 0.01 else factor
+
+    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Pixels [y, y+h) x [x, x+w) of a level, uint8 (h', w', 3). Clipped to the level,
+        never padded: past an edge the result is smaller, and it starts at max(y, 0),
+        max(x, 0)."""
+        if not 0 <= level < len(self.levels):
+            raise IndexError(f"level {level} out of range 0..{len(self.levels) - 1}")
+        if h < 0 or w < 0:
+            raise ValueError(f"region size must be >= 0, got {h}x{w}")
+        arr = self.levels[level]
+        y0, x0 = min(max(0, y), arr.shape[0]), min(max(0, x), arr.shape[1])
+        y1, x1 = max(y0, min(arr.shape[0], y + h)), max(x0, min(arr.shape[1], x + w))
+        if self._handle is not None:  # straight to the reader: no dask graph for one read
+            return self._handle.sources[level][y0:y1, x0:x1, :]
+        return np.asarray(arr[y0:y1, x0:x1].compute(scheduler="sync"))
+
+    def close(self) -> None:
+        """Release the file; lazy arrays of a closed slide can no longer be computed."""
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
+    """Open a slide or plain image as a lazy pyramid (see the module docstring).
+    ``mpp`` overrides the file's microns per pixel at level 0."""
+    path = Path(path)
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
+                            or not math.isfinite(mpp) or mpp <= 0):
+        raise InputError(path, f"the mpp override must be a positive number, got {mpp!r}")
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a slide file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise InputError(path, f"cannot open file ({exc.strerror})") from None
+    if not magic:
+        raise InputError(path, "file is empty (0 bytes)")
+    slide = _open_tiff(path) if magic in _TIFF_MAGIC else _open_plain(path, magic)
+    if mpp is not None:
+        slide.metadata["mpp_metadata"] = slide.mpp
+        slide.mpp, slide.mpp_source = float(mpp), "override"
+    return slide
+
+
+def _open_plain(path: Path, magic: bytes) -> Slide:
+    from lpd.data.images import MAX_PIXELS, image_shape, read_rgb
+
+    try:
+        h, w = image_shape(path)  # header only
+    except InputError as exc:
+        if exc.problem.startswith("not an image file"):
+            raise InputError(path, "not a slide or image file (supported: Aperio SVS, TIFF, "
+                             "OME-TIFF, NDPI, PNG, JPEG)") from None
+        raise
+    if h * w > MAX_PIXELS:
+        raise InputError(path, f"image of {w}x{h} px is not tiled and too large to read "
+                         f"whole; {CONVERT_HINT}")
+    rgb = read_rgb(path, min_size=1)
+    kind = "png" if magic == b"\x89PNG" else "jpeg" if magic[:3] == b"\xff\xd8\xff" else "image"
+    level = da.from_array(rgb, chunks=(512, 512, 3), name=f"lpd-slide-{_token(path)}-0")
+    return Slide(path, [level], [1.0], None, "unknown", kind, {"format": kind})
+
+
+def _open_tiff(path: Path) -> Slide:
+    import tifffile
+
+    check_tiff_structure(path)
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise InputError(path, f"cannot read the TIFF structure; corrupt file "
+                         f"({type(exc).__name__}: {exc})") from None
+    try:
+        return _build_tiff(path, tif)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _build_tiff(path: Path, tif) -> Slide:
+    try:
+        all_series = list(tif.series) if len(tif.pages) else []
+        candidates = [(i, s) for i, s in enumerate(all_series)
+                      if s.levels[0].get_axes(True) in _AXES]
+    except Exception as exc:
+        raise InputError(path, f"cannot read the TIFF structure; corrupt file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not candidates:
+        desc = ", ".join(f"{s.get_axes(True)} {s.get_shape(True)}" for s in all_series[:3])
+        raise InputError(path, f"no 2-D RGB or grayscale image in this TIFF (series: "
+                         f"{desc or 'none'}); z-stacks, time series and multi-channel images "
+                         "are not supported")
+    index, series = max(candidates, key=lambda c: math.prod(_yx(c[1].levels[0])))
+    filesize = path.stat().st_size
+    axes = series.levels[0].get_axes(True)
+    h0, w0 = _yx(series.levels[0])
+    handle = _TiffHandle(path, index, tif)
+    downsamples, levels, token = [], [], _token(path)
+    for lv, level in enumerate(series.levels):
+        page = level.keyframe
+        check_tiff_level(path, page, lv, filesize)
+        h, w = _yx(level)
+        if level.get_axes(True) != axes or h > h0 or w > w0:
+            break  # not a reduced copy of level 0: the pyramid ends here
+        src = _LevelSource(handle, lv, page, axes, level.get_shape(True))
+        handle.sources.append(src)
+        downsamples.append(_downsample(h0, w0, h, w))
+        chunks = _chunk_shape(*src.tile, h, w, src.tiled)
+        levels.append(da.from_array(src, chunks=(*chunks, 3), name=f"lpd-slide-{token}-{lv}",
+                                    asarray=False, fancy=False, lock=False,
+                                    meta=np.empty((0, 0, 0), np.uint8)))
+    vendor = next((v for k, v in (("is_svs", "aperio"), ("is_ome", "ome"), ("is_ndpi", "ndpi"),
+                                  ("is_philips", "philips"), ("is_scn", "leica"),
+                                  ("is_bif", "ventana")) if getattr(tif, k, False)), "tiff")
+    page0 = series.levels[0].keyframe
+    meta: dict = {"series": series.name, "tile": handle.sources[0].tile,
+                  "compression": getattr(page0.compression, "name", str(page0.compression)),
+                  "level_shapes": [s.shape[:2] for s in handle.sources]}
+    mpp = _tiff_mpp(tif, page0, index, meta)
+    return Slide(path, levels, downsamples, mpp, "unknown" if mpp is None else "metadata",
+                 vendor, meta, handle)
+
+
+def _yx(level) -> tuple[int, int]:
+    shape, axes = level.get_shape(True), level.get_axes(True)
+    return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+
+
+def _downsample(h0: int, w0: int, h: int, w: int) -> float:
+    """Level-0 px per level px: the integer k when the level is level 0 divided by k and
+    rounded either way (a partial last pixel), else the mean of the two axis ratios."""
+    k = round(((h0 / h) + (w0 / w)) / 2)
+    if k >= 1 and h in (h0 // k, -(-h0 // k)) and w in (w0 // k, -(-w0 // k)):
+        return float(k)
+    return ((h0 / h) + (w0 / w)) / 2
+
+
+def _chunk_shape(th: int, tw: int, h: int, w: int, tiled: bool) -> tuple[int, int]:
+    """About CHUNK_BYTES of RGB per chunk, in whole tiles (strips: whole strips, full width)."""
+    if not tiled:
+        return min(max(1, round(CHUNK_BYTES / (th * w * 3))) * th, h), w
+    k = min(range(1, 65), key=lambda k: abs(math.log(k * k * th * tw * 3 / CHUNK_BYTES)))
+    return min(k * th, h), min(k * tw, w)
+
+
+def _tiff_mpp(tif, page, series_index: int, meta: dict) -> float | None:
+    mpp = None
+    if getattr(tif, "is_svs", False):
+        fields = dict(item.partition("=")[::2] for item in
+                      (tif.pages.first.description or "").split("|")[1:])
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        mpp = _float(fields.get("MPP"))
+        if _float(fields.get("AppMag")):
+            meta["objective_power"] = _float(fields.get("AppMag"))
+    elif getattr(tif, "is_ome", False):
+        try:
+            pixels = [e for e in ET.fromstring(tif.ome_metadata or "").iter()
+                      if e.tag.endswith("}Pixels") or e.tag == "Pixels"]
+            px = pixels[series_index if series_index < len(pixels) else 0]
+            mpp, unit = _float(px.get("PhysicalSizeX")), _UNITS_UM.get(
+                px.get("PhysicalSizeXUnit", "µm"))
+            mpp = None if (mpp is None or unit is None) else mpp * unit
+        except (ET.ParseError, IndexError):
+            mpp = None
+    xres = page.tags.get("XResolution")
+    if mpp is None and xres is not None and int(page.resolutionunit) in (2, 3):
+        num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
+        if num and den:  # pixels per inch (2) or per centimetre (3)
+            mpp = (25400.0 if int(page.resolutionunit) == 2 else 1e4) * den / num
+    if mpp is not None and not (_MPP_RANGE[0] <= mpp <= _MPP_RANGE[1]):
+        meta["mpp_ignored"] = mpp  # a placeholder such as 72 dpi, not a microscope scale
+        mpp = None
+    return mpp
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _token(path: Path) -> str:
+    # Unique per open: two opens of one file must not share dask keys (one may be closed).
+    return f"{path.stem[:40]}-{uuid.uuid4().hex[:12]}"
+
+
+class _TiffHandle:
+    """The open TiffFile and the per-level zarr arrays of one slide, shared by its levels'
+    readers. Pickles as (path, series): a dask worker reopens the file on its first read."""
+
+    def __init__(self, path: Path, series_index: int, tif=None) -> None:
+        self.path, self.series_index, self._tif = path, series_index, tif
+        self.sources: list[_LevelSource] = []
+        self._arrays: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def array(self, level: int):
+        with self._lock:
+            if self.closed:
+                raise ValueError(f"{self.path}: the slide was closed")
+            if level not in self._arrays:
+                import tifffile
+                import zarr
+
+                if self._tif is None:
+                    self._tif = tifffile.TiffFile(self.path)
+                store = self._tif.series[self.series_index].aszarr(level=level, squeeze=True)
+                self._arrays[level] = zarr.open_array(store, mode="r")
+            return self._arrays[level]
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self._arrays.clear()
+            if self._tif is not None:
+                self._tif.close()
+                self._tif = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "series_index": self.series_index, "sources": self.sources}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["series_index"])
+        self.sources = state["sources"]
+
+
+class _LevelSource:
+    """Array-like (H, W, 3) uint8 view of one level for ``dask.array.from_array``: reads a
+    region through the zarr store, converts it to RGB, and turns a decode failure into an
+    InputError naming the file, the level and the failing tile."""
+
+    def __init__(self, handle: _TiffHandle, level: int, page, axes: str, shape) -> None:
+        self.handle, self.level, self.axes, self.tiled = handle, level, axes, bool(page.is_tiled)
+        self.tile = ((int(page.tilelength), int(page.tilewidth)) if self.tiled else
+                     (int(min(page.rowsperstrip, page.imagelength)), int(page.imagewidth)))
+        self.shape = (int(shape[axes.index("Y")]), int(shape[axes.index("X")]), 3)
+        self.samples = 1 if axes == "YX" else int(shape[axes.index("S" if "S" in axes else "C")])
+        maxval, bits = page.tags.get("MaxSampleValue"), int(page.bitspersample)
+        top = int(np.max(maxval.value)) if maxval is not None else 0
+        self.maxval = top if top > 0 else (1 << bits) - 1
+        self.invert = int(page.photometric) == 0  # MinIsWhite
+        self.dtype, self.ndim = np.dtype(np.uint8), 3
+
+    def _raw(self, ys: slice, xs: slice) -> np.ndarray:
+        array = self.handle.array(self.level)
+        if self.axes == "YX":
+            return np.asarray(array[ys, xs])[..., None]
+        if self.axes == "YXS":
+            return np.asarray(array[ys, xs, :])
+        return np.moveaxis(np.asarray(array[:, ys, xs]), 0, -1)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        ys, xs = key[0], key[1]
+        self.handle.array(self.level)  # "the slide was closed" is not a file problem
+        try:
+            raw = self._raw(ys, xs)
+        except Exception as exc:
+            raise self._error(ys, xs, exc) from None
+        rgb = _to_rgb8(raw, self.samples, self.maxval, self.invert)
+        return rgb[..., key[2]] if len(key) > 2 else rgb
+
+    def _error(self, ys: slice, xs: slice, exc: Exception) -> InputError:
+        """Find the first tile of the region that fails to decode, for the message."""
+        (th, tw), (h, w) = self.tile, self.shape[:2]
+        y0, y1 = ys.indices(h)[:2]
+        x0, x1 = xs.indices(w)[:2]
+        for ty in range(y0 // th, max(y0 // th + 1, -(-y1 // th))):
+            for tx in range(x0 // tw, max(x0 // tw + 1, -(-x1 // tw))):
+                try:
+                    self._raw(slice(ty * th, (ty + 1) * th), slice(tx * tw, (tx + 1) * tw))
+                except Exception as tile_exc:
+                    exc = tile_exc
+                    return InputError(self.handle.path, f"cannot decode level {self.level} "
+                                      f"tile (row {ty}, column {tx}) at y={ty * th}, "
+                                      f"x={tx * tw}: the file is corrupt "
+                                      f"({type(exc).__name__}: {exc})")
+        return InputError(self.handle.path, f"cannot read level {self.level} region y={y0}.."
+                          f"{y1}, x={x0}..{x1}: corrupt file ({type(exc).__name__}: {exc})")
+
+
+def _to_rgb8(raw: np.ndarray, samples: int, maxval: int, invert: bool) -> np.ndarray:
+    if raw.dtype != np.uint8:
+        raw = np.rint(np.minimum(raw, maxval).astype(np.float32) * (255.0 / maxval))
+        raw = raw.astype(np.uint8)
+    colour = raw[..., :3] if samples >= 3 else raw[..., :1]
+    if invert:
+        colour = 255 - colour
+    if colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    if samples in (2, 4):
+        alpha = raw[..., -1:].astype(np.float32) / 255.0
+        colour = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(colour)
