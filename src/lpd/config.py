@@ -77,7 +77,7 @@ class TrainConfig:
     sim_encoder: str = DEFAULT_BACKBONE
     stain_augment: bool = True
     hed_sigma: float = 0.05
-    hed_bias: float = 0.05
+    hed_bias: float = 0.01
     seed: int = 0
     amp: bool = True  # mixed precision, used on CUDA only
     val_every: int = 0  # steps; 0 = only at the end
