@@ -1,4 +1,5 @@
-"""Sample data contributions (see napari.yaml)."""
+"""Sample data contributions (see napari.yaml): a real slide region and a real-tile mosaic
+with its exact ground truth."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from lpd.data.sample import CMU_SLIDE
+from lpd.data.mosaic import MosaicGenerator, TileFolder
+from lpd.data.sample import CMU_SLIDE, NCT_TILES
+from lpd.data.slide import open_slide
+from napari_lpd._layers import LABELS_OPACITY, LayerData, class_colormap, slide_layer, units_of
 
-#: Side of the square crop taken from level 0; the full region is larger than a sample
-#: needs to be, and a smaller texture keeps the viewer light.
+#: Side of the square crop ``cmu_region_array`` takes from level 0 (tests, docs).
 CROP = 2048
+NCT_MPP = 0.5  # NCT-CRC-HE tiles: 224 px at 0.5 µm/px
+MOSAIC_SIZE = 1024
+MOSAIC_SEED, MOSAIC_INDEX = 7, 0  # a mosaic showing all four classes and background
 
 
 def cmu_region_array(crop: int = CROP) -> np.ndarray:
@@ -23,6 +29,27 @@ def cmu_region_array(crop: int = CROP) -> np.ndarray:
     return np.ascontiguousarray(level0[top : top + crop, left : left + crop, :3])
 
 
-def cmu_slide_region() -> list[tuple[np.ndarray, dict[str, Any], str]]:
-    """The CMU-1 H&E region as a napari image layer."""
-    return [(cmu_region_array(), {"name": "CMU-1 region", "rgb": True}, "image")]
+def cmu_slide_region() -> list[LayerData]:
+    """The bundled CMU-1 H&E slide region (Aperio SVS, 2220x2967 px at 0.499 µm/px) as the
+    slide reader opens it: lazy, scaled in µm, segmentable like any opened slide."""
+    data, meta, kind = slide_layer(open_slide(CMU_SLIDE), name="CMU-1 region")
+    return [(data, meta, kind)]
+
+
+def nct_mosaic(size: int = MOSAIC_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb, labels): a mosaic of real NCT-CRC-HE tiles and its exact label map."""
+    generator = MosaicGenerator(TileFolder(NCT_TILES), size=size, seed=MOSAIC_SEED,
+                                min_regions=8, max_regions=12, background_fraction=0.15)
+    mosaic = generator[MOSAIC_INDEX]
+    return mosaic.rgb, mosaic.labels
+
+
+def nct_mosaic_layers() -> list[LayerData]:
+    """The NCT tile mosaic (image) and its ground truth (Labels, the class colours)."""
+    rgb, labels = nct_mosaic()
+    spatial = {"scale": (NCT_MPP, NCT_MPP), "units": units_of(NCT_MPP)}
+    image_meta = {"name": "NCT mosaic", "rgb": True, **spatial,
+                  "metadata": {"lpd_mpp": NCT_MPP}}
+    labels_meta = {"name": "NCT mosaic ground truth", **spatial, "colormap": class_colormap(),
+                   "opacity": LABELS_OPACITY, "visible": False}
+    return [(rgb, image_meta, "image"), (labels, labels_meta, "labels")]

@@ -11,10 +11,12 @@ from napari_lpd._sample_data import CROP, cmu_slide_region
 
 def test_cmu_sample_is_one_rgb_image_layer() -> None:
     [(data, meta, kind)] = cmu_slide_region()
-    assert kind == "image" and meta == {"name": "CMU-1 region", "rgb": True}
-    assert data.dtype == np.uint8 and data.shape == (CROP, CROP, 3)
+    assert kind == "image" and meta["name"] == "CMU-1 region" and meta["rgb"]
+    assert data.dtype == np.uint8 and data.shape == (2967, 2220, 3)  # the whole region, lazy
+    assert meta["scale"] == pytest.approx((0.499, 0.499)) and meta["units"] == ("µm", "µm")
+    crop = np.asarray(data[1000 : 1000 + CROP // 4, 800 : 800 + CROP // 4])
     # Real H&E, not a blank decode: mostly pink/white with stained (darker) tissue.
-    assert 100 < data.mean() < 250 and data.std() > 10
+    assert 100 < crop.mean() < 250 and crop.std() > 10
 
 
 def test_demo_without_display_points_to_headless_demo(
