@@ -1,0 +1,350 @@
+"""Blending of overlapping windows' class maps, and the per-tile step after it.
+
+``patch.score_maps`` is each fused scale's class map (``LPDOutput.cams``, one cell per
+``stride`` px) upsampled bilinearly to the input. Windows start on multiples of the coarsest
+stride, so all windows' cells fall on one global grid per scale; blending happens on that
+grid: ``G = sum_w omega_w * cams_w / sum_w omega_w``, kept in a rolling band of rows
+(``RowAccumulator``), so memory does not grow with the slide. The blended score maps are the
+bilinear upsampling of ``G`` on the global grid (pixel ``p`` at cell coordinate
+``(p + 0.5) / stride - 0.5``, clamped at the region border), exactly what ``score_maps``
+does for a single pass over a region whose size is a multiple of the stride.
+
+Window weights ``omega`` are separable ``sin^2`` ramps, evaluated at cell centres, over the
+``2 * halo`` px at each window edge that lies inside the region (neighbours overlap by
+``2 * halo``, so two ramps sum to 1), flat at edges on the region border (a single pass sees
+the same zero padding there), and never below ``WEIGHT_FLOOR``.
+
+The per-tile step (``labels_from_scores``) runs per window on its blended maps clipped to the
+region; only the part of its own tile(s) is computed, with the window-wide statistics (min,
+max, presence) taken over the whole window, so the labels equal ``labels_from_scores`` on the
+window, cropped (a test checks it)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lpd.infer.patch import predicted_presence
+
+WEIGHT_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class AxisGrid:
+    """Output tiles and model windows along one axis of the output grid."""
+
+    length: int  # output pixels along this axis
+    size: int  # model input size (window)
+    halo: int
+    align: int = 1  # window starts are multiples of this (the coarsest fused stride)
+
+    @property
+    def tile(self) -> int:
+        return self.size - 2 * self.halo
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(self.length / self.tile))
+
+    def tile_span(self, i: int) -> tuple[int, int]:
+        return i * self.tile, min((i + 1) * self.tile, self.length)
+
+    def _start_of_tile(self, i: int) -> int:
+        last = math.ceil(max(self.length - self.size, 0) / self.align) * self.align
+        return int(np.clip(i * self.tile - self.halo, 0, last))
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """Window starts (distinct, increasing): a tile's start minus the halo, shifted
+        inwards at the region border (to the next aligned start)."""
+        return sorted({self._start_of_tile(i) for i in range(self.count)})
+
+    @cached_property
+    def tile_windows(self) -> list[int]:
+        """The window of each tile."""
+        index = {s: w for w, s in enumerate(self.starts)}
+        return [index[self._start_of_tile(i)] for i in range(self.count)]
+
+    @cached_property
+    def window_tiles(self) -> list[list[int]]:
+        """The tiles of each window (usually one; several where windows coincide)."""
+        out: list[list[int]] = [[] for _ in self.starts]
+        for i, w in enumerate(self.tile_windows):
+            out[w].append(i)
+        return out
+
+    def valid_span(self, w: int) -> tuple[int, int]:
+        """Window ``w`` clipped to the region."""
+        s = self.starts[w]
+        return s, min(s + self.size, self.length)
+
+    def neighbours(self, w: int, margin: int = 0) -> range:
+        """Windows overlapping [start - margin, start + size + margin) (``w`` included)."""
+        starts = self.starts
+        lo_px, hi_px = starts[w] - margin, starts[w] + self.size + margin
+        return range(bisect.bisect_right(starts, lo_px - self.size),
+                     bisect.bisect_left(starts, hi_px))
+
+    def cell_weights(self, w: int, stride: int, cells: int) -> np.ndarray:
+        """Blending weights of window ``w`` at its cell centres (cells,), in (0, 1]."""
+        s = self.starts[w]
+        centre = (np.arange(cells) + 0.5) * stride
+        weights = np.ones(cells)
+        ramp = 2 * self.halo
+        if ramp > 0:
+            if s > 0:
+                weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(centre / ramp, 0, 1)) ** 2)
+            if s + self.size < self.length:
+                back = (self.size - centre) / ramp
+                weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(back, 0, 1)) ** 2)
+        return np.maximum(weights, WEIGHT_FLOOR)
+
+
+class RowAccumulator:
+    """Sum of weighted maps and of weights on a cell grid, for a rolling band of rows."""
+
+    def __init__(self, channels: int, width: int, device: torch.device) -> None:
+        self.buf = torch.zeros((channels + 1, 0, width), device=device)
+        self.base = 0  # grid row of buf row 0
+
+    def add(self, y: int, x: int, values: torch.Tensor, weights: torch.Tensor) -> None:
+        if y < self.base:
+            raise RuntimeError(f"row {y} was already released (band starts at {self.base})")
+        end = y + values.shape[-2]
+        missing = end - (self.base + self.buf.shape[1])
+        if missing > 0:
+            extra = self.buf.new_zeros((self.buf.shape[0], missing, self.buf.shape[2]))
+            self.buf = torch.cat([self.buf, extra], dim=1)
+        view = self.buf[:, y - self.base : end - self.base, x : x + values.shape[-1]]
+        view[:-1] += values * weights
+        view[-1] += weights
+
+    def release_before(self, row: int) -> None:
+        drop = min(max(row - self.base, 0), self.buf.shape[1])
+        if drop:
+            self.buf = self.buf[:, drop:].clone()  # clone frees the dropped rows
+            self.base += drop
+
+    def raw(self, y0: int, y1: int, x0: int, x1: int, rows: int, cols: int) -> torch.Tensor:
+        """Sums and weights (C + 1, ...) over cells [y0-1, y1+1) x [x0-1, x1+1): one margin
+        cell for interpolation; margin cells outside the grid (rows x cols) or the band
+        come back with weight 0 (``blend`` then clamps)."""
+        b = self.base
+        ya, yb = max(y0 - 1, 0, b), min(y1 + 1, rows, b + self.buf.shape[1])
+        xa, xb = max(x0 - 1, 0), min(x1 + 1, cols)
+        if (ya, yb, xa, xb) == (y0 - 1, y1 + 1, x0 - 1, x1 + 1):
+            return self.buf[:, ya - b : yb - b, xa:xb]
+        out = self.buf.new_zeros((self.buf.shape[0], y1 - y0 + 2, x1 - x0 + 2))
+        out[:, ya - y0 + 1 : yb - y0 + 1, xa - x0 + 1 : xb - x0 + 1] = self.buf[
+            :, ya - b : yb - b, xa:xb
+        ]
+        return out
+
+
+def blend(raw: torch.Tensor) -> torch.Tensor:
+    """``G = sums / weights`` of stacked ``RowAccumulator.raw`` crops (B, C + 1, h, w); a
+    margin cell no window covered repeats the nearest inner cell (clamping, as
+    ``F.interpolate`` does at a border). Inner cells are always covered (own window)."""
+    num, den = raw[:, :-1], raw[:, -1:]
+    inner = num[:, :, 1:-1, 1:-1] / den[:, :, 1:-1, 1:-1]
+    clamp = F.pad(inner, (1, 1, 1, 1), mode="replicate")
+    return torch.where(den > 0, num / den.clamp_min(1e-12), clamp)
+
+
+def local_interpolation(cells: int, stride: int, start: int, length: int) -> torch.Tensor:
+    """(length, cells + 2): bilinear weights of pixels [start, start + length) of a window
+    over its cells with one margin cell each side (align_corners=False, scale ``stride``)."""
+    n = cells + 2
+    eye = torch.eye(n, dtype=torch.float64)[None]
+    up = F.interpolate(eye, scale_factor=float(stride), mode="linear", align_corners=False)[0]
+    return up.T[stride + start : stride + start + length].contiguous()
+
+
+def extreme_samples(cells: int, stride: int, length: int) -> list[int]:
+    """Pixels [0, length) of a window where a bilinear upsampling (``local_interpolation``)
+    can reach its minimum or maximum: the first and last pixel between two cell centres.
+    The upsampled map is linear between cell centres along each axis, so the extremes over
+    all pixels are among these (and min/max over them equal those over the full map)."""
+    pos = (np.arange(length) + 0.5) / stride - 0.5
+    piece = np.floor(pos).astype(np.int64)
+    first = np.flatnonzero(np.diff(piece, prepend=piece[0] - 1))
+    last = np.flatnonzero(np.diff(piece, append=piece[-1] + 1))
+    return sorted(set(first.tolist()) | set(last.tolist()))
+
+
+def labels_on_part(
+    part: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    presence: torch.Tensor,
+    fusion_weights: Sequence[float],
+    background_power: float,
+) -> torch.Tensor:
+    """``labels_from_scores`` on part of a window, given the window's per-(scale, class)
+    min ``lo`` and max ``hi`` (B, S, C) of the raw scores. Same arithmetic, folded into
+    ``fused = sum_s a_s * relu(x_s) + b`` (agrees to float rounding; a test checks it).
+    ``part`` (B, S, C, h, w) is overwritten."""
+    presence = presence.bool()
+    weights = torch.tensor(fusion_weights, dtype=part.dtype, device=part.device)
+    scale = weights[None, :, None] / weights.sum() / (hi.relu() - lo.relu()).clamp_min(1e-6)
+    scale = scale * presence[:, None, :]  # (B, S, C)
+    offset = -(scale * lo.relu()).sum(dim=1)  # (B, C)
+    offset = offset.masked_fill(~presence, -1.0)  # absent classes: candidate -1, as there
+    fused = (part.relu_() * scale[..., None, None]).sum(dim=1) + offset[..., None, None]
+    best, index = fused.max(dim=1)
+    background = (1 - best.clamp_min(0)) ** background_power
+    return torch.where(best > background, index + 1, 0).to(torch.uint8)
+
+
+@dataclass
+class WindowLabels:
+    """Finalised window: labels (and blended scores) over the span of its tiles."""
+
+    r: int
+    c: int
+    y0: int  # output px of the span's corner
+    x0: int
+    labels: np.ndarray  # (h, w) uint8
+    scores: np.ndarray | None  # (S, C, h, w) float32 when kept
+
+
+class ScoreBlender:
+    """Accumulates windows' class maps and finalises windows' labels."""
+
+    def __init__(
+        self,
+        gy: AxisGrid,
+        gx: AxisGrid,
+        strides: Sequence[int],
+        cells: Sequence[int],
+        channels: int,
+        device: torch.device,
+        fusion_weights: Sequence[float],
+        background_power: float,
+        presence_threshold: float,
+        presence: torch.Tensor | None = None,
+        keep_scores: bool = False,
+    ) -> None:
+        self.gy, self.gx = gy, gx
+        self.strides, self.cells = list(strides), list(cells)
+        self.device = device
+        self.fusion_weights = tuple(fusion_weights)
+        self.background_power = background_power
+        self.presence_threshold = presence_threshold
+        self.presence = None if presence is None else presence.to(device).bool()[None]
+        self.keep_scores = keep_scores
+        ends_y = gy.starts[-1] + gy.size
+        ends_x = gx.starts[-1] + gx.size
+        self.grid = [(-(-ends_y // s), -(-ends_x // s)) for s in self.strides]
+        self.acc = [RowAccumulator(channels, g[1], device) for g in self.grid]
+        self.computed: set[tuple[int, int]] = set()
+        self._weights: dict[tuple, torch.Tensor] = {}
+        self._interp: dict[tuple, torch.Tensor] = {}
+
+    def add(self, r: int, c: int, cams: Sequence[torch.Tensor]) -> None:
+        """Class maps of window (r, c), one (C, n_s, n_s) per fused scale."""
+        for k, (acc, m) in enumerate(zip(self.acc, cams, strict=True)):
+            s = self.strides[k]
+            acc.add(self.gy.starts[r] // s, self.gx.starts[c] // s, m.float(),
+                    self._weight(k, r, c))
+        self.computed.add((r, c))
+
+    def _weight(self, k: int, r: int, c: int) -> torch.Tensor:
+        gy, gx = self.gy, self.gx
+        key = (k, gy.starts[r] > 0, gy.starts[r] + gy.size < gy.length,
+               gx.starts[c] > 0, gx.starts[c] + gx.size < gx.length)
+        if key not in self._weights:
+            s, n = self.strides[k], self.cells[k]
+            wy = gy.cell_weights(r, s, n)
+            wx = gx.cell_weights(c, s, n)
+            self._weights[key] = torch.as_tensor(np.outer(wy, wx), dtype=torch.float32,
+                                                 device=self.device)
+        return self._weights[key]
+
+    def release_before(self, r: int) -> None:
+        """Forget grid rows no window from row ``r`` on can need."""
+        y = self.gy.starts[r]
+        for acc, s in zip(self.acc, self.strides, strict=True):
+            acc.release_before(y // s - 1)
+        self.computed = {k for k in self.computed if k[0] >= r}
+
+    def _matrix(self, k: int, start: int, length: int) -> torch.Tensor:
+        key = (k, start, length)
+        if key not in self._interp:
+            m = local_interpolation(self.cells[k], self.strides[k], start, length)
+            self._interp[key] = m.to(torch.float32).to(self.device)
+        return self._interp[key]
+
+    def finalise(self, windows: Sequence[tuple[int, int]]) -> list[WindowLabels]:
+        """Labels of the given windows (all their neighbours must have been added),
+        batched over windows of the same geometry."""
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for r, c in windows:
+            groups.setdefault(self._geometry(r, c), []).append((r, c))
+        out: list[WindowLabels] = []
+        for (vh, vw, py0, py1, px0, px1), members in groups.items():
+            parts, los, his, means = [], [], [], None
+            for k, acc in enumerate(self.acc):
+                s, n = self.strides[k], self.cells[k]
+                g = blend(torch.stack([
+                    acc.raw(self.gy.starts[r] // s, self.gy.starts[r] // s + n,
+                            self.gx.starts[c] // s, self.gx.starts[c] // s + n, *self.grid[k])
+                    for r, c in members
+                ]))  # (B, C, n + 2, n + 2)
+                ay, ax = self._matrix(k, 0, vh), self._matrix(k, 0, vw)
+                parts.append(ay[py0:py1] @ g @ ax[px0:px1].T)
+                ey, ex = self._extremes(k, vh), self._extremes(k, vw)
+                samples = (ay[ey] @ g @ ax[ex].T).flatten(2)
+                los.append(samples.min(dim=2).values)
+                his.append(samples.max(dim=2).values)
+                if k == len(self.acc) - 1:  # presence: mean of the deepest map over the window
+                    means = (ay.mean(dim=0) @ g @ ax.mean(dim=0)[:, None])[..., 0]
+            part = torch.stack(parts, dim=1)  # (B, S, C, ph, pw)
+            kept = part.cpu().numpy().copy() if self.keep_scores else None
+            presence = self.presence
+            if presence is None:
+                presence = predicted_presence(means[:, None, :, None, None],
+                                              self.presence_threshold)
+            else:
+                presence = presence.expand(len(members), -1)
+            labels = labels_on_part(part, torch.stack(los, 1), torch.stack(his, 1), presence,
+                                    self.fusion_weights, self.background_power).cpu().numpy()
+            for b, (r, c) in enumerate(members):
+                out.append(WindowLabels(r, c, self.gy.starts[r] + py0, self.gx.starts[c] + px0,
+                                        labels[b], None if kept is None else kept[b]))
+        return out
+
+    def _extremes(self, k: int, length: int) -> torch.Tensor:
+        key = ("extremes", k, length)
+        if key not in self._interp:
+            idx = extreme_samples(self.cells[k], self.strides[k], length)
+            self._interp[key] = torch.as_tensor(idx, device=self.device)
+        return self._interp[key]
+
+    def _geometry(self, r: int, c: int) -> tuple[int, ...]:
+        y0, y1 = self.gy.valid_span(r)
+        x0, x1 = self.gx.valid_span(c)
+        ty = self.gy.window_tiles[r]
+        tx = self.gx.window_tiles[c]
+        py0, py1 = self.gy.tile_span(ty[0])[0] - y0, self.gy.tile_span(ty[-1])[1] - y0
+        px0, px1 = self.gx.tile_span(tx[0])[0] - x0, self.gx.tile_span(tx[-1])[1] - x0
+        return (y1 - y0, x1 - x0, py0, py1, px0, px1)
+
+    def scores(self, r: int, c: int) -> torch.Tensor:
+        """Blended score maps of window (r, c) over its valid span: (S, C, vh, vw)."""
+        vh = self.gy.valid_span(r)[1] - self.gy.valid_span(r)[0]
+        vw = self.gx.valid_span(c)[1] - self.gx.valid_span(c)[0]
+        maps = []
+        for k, acc in enumerate(self.acc):
+            s, n = self.strides[k], self.cells[k]
+            cy, cx = self.gy.starts[r] // s, self.gx.starts[c] // s
+            g = blend(acc.raw(cy, cy + n, cx, cx + n, *self.grid[k])[None])[0]
+            maps.append(self._matrix(k, 0, vh) @ g @ self._matrix(k, 0, vw).T)
+        return torch.stack(maps)

@@ -1,0 +1,227 @@
+"""Where tiled inference reads: level, resize, region and output grid (``TilePlan``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lpd.errors import InputError
+from lpd.infer._blend import AxisGrid
+from lpd.infer._reader import RegionSource
+from lpd.infer.patch import FUSED_SCALES
+from lpd.infer.tissue import DEFAULT_SATURATION, tile_tissue_fractions
+
+MPP_TOLERANCE = 0.02  # no resize when the level's mpp is within 2 % of the target
+SAMPLES_PER_TILE = 4  # tissue view: at least this many pixels along a tile side
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Geometry of one tiled prediction. Output pixel (u, v) covers level-0 pixels
+    ``offset + [v, v+1) * scale`` (x) and ``[u, u+1) * scale`` (y)."""
+
+    level: int
+    downsample: float  # level-0 px per level px
+    resize: float  # output px per level px
+    origin: tuple[int, int]  # (y, x) of the region at the level
+    extent: tuple[int, int]  # (h, w) of the region at the level
+    shape: tuple[int, int]  # output grid (H, W)
+    input_size: int
+    halo: int
+    mpp: float | None  # µm per output px (None: unknown)
+    scale: float  # level-0 px per output px
+    offset: tuple[float, float]  # (x, y) level-0 px of output pixel (0, 0)'s corner
+    target_mpp: float | None
+    slide_mpp: float | None
+    region: tuple[int, int, int, int]  # the requested region (x, y, w, h), level-0 px
+    notes: tuple[str, ...] = ()
+    strides: tuple[int, ...] = (8, 16, 16)  # px per cell of each fused scale
+    levels: Sequence[object] = field(default=(), repr=False, compare=False)
+    downsamples: Sequence[float] = field(default=(), repr=False, compare=False)
+    source_name: str | None = None
+
+    @property
+    def tile(self) -> int:
+        return self.input_size - 2 * self.halo
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (math.ceil(self.shape[0] / self.tile), math.ceil(self.shape[1] / self.tile))
+
+    def axis_grids(self) -> tuple[AxisGrid, AxisGrid]:
+        align = max(self.strides)
+        return (AxisGrid(self.shape[0], self.input_size, self.halo, align),
+                AxisGrid(self.shape[1], self.input_size, self.halo, align))
+
+    def source(self) -> RegionSource:
+        return RegionSource(self.levels[self.level], self.origin, self.extent, self.resize,
+                            self.shape)
+
+    def info(self) -> dict:
+        """JSON-able description kept in a store."""
+        return {
+            "source": self.source_name, "level": self.level, "downsample": self.downsample,
+            "resize": self.resize, "target_mpp": self.target_mpp, "slide_mpp": self.slide_mpp,
+            "region": list(self.region), "input_size": self.input_size, "halo": self.halo,
+            "notes": list(self.notes),
+        }
+
+
+def plan_tiled(
+    model: object,
+    image: object,
+    *,
+    region: Sequence[int] | None = None,
+    level: int | None = None,
+    target_mpp: float | None = None,
+    mpp: float | None = None,
+    halo: int = 32,
+) -> TilePlan:
+    """Choose level, resize and output grid (see ``lpd.infer.tiled``)."""
+    cfg = model.config  # type: ignore[attr-defined]
+    levels, downsamples, slide_mpp, name = _pyramid(image, mpp)
+    size = int(cfg.input_size)
+    strides = fused_strides(model)
+    align = max(strides)
+    if size % align:
+        raise InputError(None, f"input size {size} is not a multiple of the model's coarsest "
+                         f"stride {align}")
+    if halo < 0 or 2 * halo >= size or halo % align:
+        raise InputError(None, f"halo must be a multiple of {align} (the model's coarsest "
+                         f"stride) below {size // 2}, got {halo}")
+    h0, w0 = _check_level(levels[0], name, 0)
+    x, y, w, h = _region(region, (h0, w0), name)
+    notes: list[str] = []
+    if region is not None and tuple(int(v) for v in region) != (x, y, w, h):
+        notes.append(f"region {tuple(region)} clipped to the image: {(x, y, w, h)}")
+    model_mpp = cfg.microns_per_pixel
+    target = target_mpp if target_mpp is not None else (model_mpp if level is None else None)
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise InputError(None, f"target_mpp must be a positive number, got {target}")
+    if level is not None:
+        if not 0 <= level < len(levels):
+            raise InputError(name, f"level {level} does not exist (0..{len(levels) - 1})")
+        chosen = level
+    elif target is not None and slide_mpp is not None:
+        fine = [i for i, d in enumerate(downsamples) if slide_mpp * d <= target * (1 + MPP_TOLERANCE)]
+        chosen = fine[-1] if fine else 0
+    else:
+        chosen = 0
+    if target is None and model_mpp is None and level is None:
+        notes.append("the checkpoint records no training magnification: level 0 used as is")
+    if target is not None and slide_mpp is None:
+        notes.append(f"the image has no microns per pixel: magnification not matched to "
+                     f"{target} µm/px (pass mpp=)")
+    d = float(downsamples[chosen])
+    resize = 1.0
+    if target is not None and slide_mpp is not None:
+        resize = slide_mpp * d / target
+        if abs(resize - 1.0) <= MPP_TOLERANCE:
+            resize = 1.0
+        elif resize > 1.0:
+            notes.append(f"level {chosen} ({slide_mpp * d:.3g} µm/px) is coarser than the "
+                         f"target {target:.3g} µm/px: enlarged {resize:.3g}x")
+    hl, wl = _check_level(levels[chosen], name, chosen)
+    yl0, xl0 = int(math.floor(y / d)), int(math.floor(x / d))
+    yl1, xl1 = min(hl, int(math.ceil((y + h) / d))), min(wl, int(math.ceil((x + w) / d)))
+    extent = (max(1, yl1 - yl0), max(1, xl1 - xl0))
+    shape = (max(1, round(extent[0] * resize)), max(1, round(extent[1] * resize)))
+    return TilePlan(
+        level=chosen, downsample=d, resize=resize, origin=(yl0, xl0), extent=extent,
+        shape=shape, input_size=size, halo=int(halo),
+        mpp=None if slide_mpp is None else slide_mpp * d / resize, scale=d / resize,
+        offset=(xl0 * d, yl0 * d), target_mpp=target, slide_mpp=slide_mpp,
+        region=(x, y, w, h), notes=tuple(notes), strides=strides, levels=levels,
+        downsamples=downsamples,
+        source_name=name,
+    )
+
+
+def fused_strides(model: object) -> tuple[int, ...]:
+    """Pixels per cell of the fused scales' maps (timm reports dilation in reductions)."""
+    reductions = model.backbone.feature_info.reduction()  # type: ignore[attr-defined]
+    return tuple(int(reductions[s]) for s in FUSED_SCALES)
+
+
+def tissue_fractions(plan: TilePlan, grids: tuple[AxisGrid, AxisGrid]) -> tuple[np.ndarray | None, float]:
+    """Per-tile tissue fractions from a cheap low-resolution view, or (None, default
+    saturation) when there is none (a lazy array without a coarser level): the reader then
+    checks each tile's pixels as it reads them."""
+    gy, gx = grids
+    ty, tx = gy.count, gx.count
+    lvl = plan.level
+    per_tile = plan.tile / SAMPLES_PER_TILE  # wanted: view pixel <= this many output px
+    coarse = [c for c in range(lvl + 1, len(plan.levels))
+              if plan.downsamples[c] / plan.downsample * plan.resize <= per_tile]
+    yl0, xl0 = plan.origin
+    hl, wl = plan.extent
+    if coarse:
+        c = coarse[-1]
+        f = plan.downsamples[c] / plan.downsample  # level px per view px
+        arr = plan.levels[c]
+        a0, a1 = int(math.floor(yl0 / f)), min(int(arr.shape[0]), int(math.ceil((yl0 + hl) / f)))
+        b0, b1 = int(math.floor(xl0 / f)), min(int(arr.shape[1]), int(math.ceil((xl0 + wl) / f)))
+        view = arr[a0:a1, b0:b1]  # type: ignore[index]
+        rows = ((np.arange(a0, a1) + 0.5) * f - yl0) * plan.resize
+        cols = ((np.arange(b0, b1) + 0.5) * f - xl0) * plan.resize
+    elif isinstance(plan.levels[lvl], np.ndarray):
+        step = max(1, int(per_tile / plan.resize))
+        view = plan.levels[lvl][yl0 : yl0 + hl : step, xl0 : xl0 + wl : step]
+        rows = (np.arange(view.shape[0]) * step + 0.5) * plan.resize
+        cols = (np.arange(view.shape[1]) * step + 0.5) * plan.resize
+    else:
+        return None, DEFAULT_SATURATION
+    return tile_tissue_fractions(view, rows, cols, plan.tile, (ty, tx))
+
+
+def _pyramid(image: object, mpp: float | None) -> tuple[list, list[float], float | None, str | None]:
+    name = str(getattr(image, "path", "")) or None
+    if hasattr(image, "levels"):
+        levels = list(image.levels)  # type: ignore[attr-defined]
+        h0 = int(levels[0].shape[0])
+        downsamples = [float(d) for d in getattr(image, "downsamples", [])] or [
+            h0 / int(lv.shape[0]) for lv in levels
+        ]
+        slide_mpp = mpp if mpp is not None else getattr(image, "mpp", None)
+    else:
+        levels, downsamples, slide_mpp = [image], [1.0], mpp
+    if slide_mpp is not None:
+        slide_mpp = float(np.mean(slide_mpp))
+        if not (math.isfinite(slide_mpp) and slide_mpp > 0):
+            raise InputError(name, f"microns per pixel must be positive, got {slide_mpp}")
+    return levels, downsamples, slide_mpp, name
+
+
+def _check_level(array: object, name: str | None, index: int) -> tuple[int, int]:
+    shape = getattr(array, "shape", None)
+    dtype = getattr(array, "dtype", None)
+    if shape is None or dtype is None or not hasattr(array, "__getitem__"):
+        raise InputError(name, "not an image array (expected an (H, W, 3) uint8 array-like)")
+    if len(shape) != 3 or shape[-1] != 3 or np.dtype(dtype) != np.uint8:
+        raise InputError(
+            name, f"level {index} is {tuple(shape)} {np.dtype(dtype)}; tiled inference needs "
+            "(H, W, 3) uint8 RGB (convert with lpd.data.images.as_rgb_uint8 or open_slide)",
+        )
+    if shape[0] < 1 or shape[1] < 1:
+        raise InputError(name, f"level {index} is empty ({tuple(shape)})")
+    return int(shape[0]), int(shape[1])
+
+
+def _region(region: Sequence[int] | None, shape: tuple[int, int], name: str | None):
+    h0, w0 = shape
+    if region is None:
+        return 0, 0, w0, h0
+    try:
+        x, y, w, h = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise InputError(name, f"region must be (x, y, width, height), got {region!r}") from None
+    if w < 1 or h < 1:
+        raise InputError(name, f"region {w}x{h} is empty")
+    x1, y1 = min(x + w, w0), min(y + h, h0)
+    x, y = max(x, 0), max(y, 0)
+    if x1 <= x or y1 <= y:
+        raise InputError(name, f"region {tuple(region)} lies outside the image ({w0}x{h0})")
+    return x, y, x1 - x, y1 - y
