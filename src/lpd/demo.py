@@ -21,7 +21,7 @@ from lpd._atomic import atomic_path, atomic_write_text
 from lpd.data.sample import CMU_SLIDE, NCT_TILES
 from lpd.data.slide import open_slide
 from lpd.data.sources import HELD_APART_SEED, mosaic_dataset
-from lpd.errors import Cancelled
+from lpd.errors import Cancelled, InputError
 from lpd.evaluate import evaluate
 from lpd.infer.device import resolve_device
 from lpd.infer.patch import predict_patches
@@ -102,8 +102,10 @@ def compute_demo(
     mosaics: int = 8,
     on_progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> DemoResult:
-    """Run the demo; ``checkpoint=None`` uses the default model (trained on first use)."""
+    """Run the demo; ``checkpoint=None`` uses the default model (trained on first use).
+    ``region`` (x, y, w, h in slide pixels) limits the slide part to a window."""
     report = on_progress or (lambda stage, done, total: None)
     stop = should_stop or (lambda: False)
     dev = resolve_device(device)
@@ -123,6 +125,11 @@ def compute_demo(
     t1 = time.perf_counter()
     with open_slide(CMU_SLIDE) as slide:
         image = np.asarray(slide.levels[0])
+        if region is not None:
+            x, y, w, h = region
+            image = image[y : y + h, x : x + w]
+            if image.size == 0:
+                raise InputError(CMU_SLIDE, f"region {region} is outside the slide")
         gen = predict_tiled(model, image, mpp=slide.mpp, prototypes=True, device=dev)
         try:
             while True:

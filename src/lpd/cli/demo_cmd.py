@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--checkpoint", type=Path, help="use this model instead of the default")
     p.add_argument("--device", default="auto")
-    p.add_argument("--mosaics", type=int, default=8)
+    p.add_argument("--mosaics", type=int, default=8, help="held-apart nct mosaics to score")
+    p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="segment only this window of the slide (pixels)")
     p.set_defaults(func=run)
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     labels = {"default model": "training the default model (first run only)",
               "slide": "segmenting the slide", "mosaics": "scoring nct mosaics"}
     with StagedProgress(labels) as progress:
-        result = compute_demo(args.checkpoint, args.device, args.mosaics, progress)
+        result = compute_demo(args.checkpoint, args.device, args.mosaics, progress,
+                              region=args.region)
     files = write_demo(result, args.out)
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     print(f"wrote {len(files)} files to {args.out} in {result.timings['total']:.0f} s")

@@ -75,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stain-augment", action="store_true")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init")
     p.add_argument("--mosaics", type=int, default=2000, help="training mosaics (tile folder)")
+    p.add_argument("--val-mosaics", type=int, default=64,
+                   help="held-apart validation mosaics (tile folder)")
     p.add_argument("--tile-mpp", type=float, help="microns per pixel of the tiles")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out's last state")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.out, "nothing to resume: no last.safetensors in this folder")
     model = create_model(config=cfg.model, pretrained=not args.no_pretrained)
     sources = training_sources(args.data, model.config, cfg.train, args.mosaics,
-                               tile_mpp=args.tile_mpp)
+                               args.val_mosaics, tile_mpp=args.tile_mpp)
     if model.config.microns_per_pixel is None and sources.microns_per_pixel is not None:
         model.config.microns_per_pixel = sources.microns_per_pixel
     args.out.mkdir(parents=True, exist_ok=True)
