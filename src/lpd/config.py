@@ -24,7 +24,9 @@ class ModelConfig:
     """What defines a model: enough to rebuild it and to use it correctly."""
 
     backbone: str = DEFAULT_BACKBONE
-    head: str = "prototype"  # "prototype" (LPD) or "cam" (global-pooling classifier baseline)
+    # "prototype" (LPD), "cam" (global-pooling classifier baseline) or "bank" (fixed
+    # per-scale k-means prototypes, the PBIP-style ablation: lpd.bench.prototype_bank)
+    head: str = "prototype"
     class_names: tuple[str, ...] = CLASS_NAMES
     class_colours: tuple[tuple[int, int, int], ...] = tuple(CLASS_COLOURS[c] for c in CLASS_NAMES)
     prototypes_per_class: int = 10

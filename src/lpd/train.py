@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lpd import distributed
 from lpd._atomic import atomic_write_text
 from lpd.config import TrainConfig
 from lpd.errors import Cancelled
@@ -79,9 +80,10 @@ class Trainer:
         device: str | torch.device = "cpu",
         resume: bool = False,
     ) -> None:
-        self.model = model.to(device)
+        # under torchrun: join the process group; a bare "cuda" becomes this rank's GPU
+        self.dist, self.device = distributed.setup(device)
+        self.model = model.to(self.device)
         self.config = config
-        self.device = torch.device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.train_data = train_data
         self.val_data = val_data
@@ -95,6 +97,11 @@ class Trainer:
         self.contrastive = self._make_contrastive()
         if resume and self.out_dir is not None and (self.out_dir / STATE).exists():
             self._resume()
+        self._forward: torch.nn.Module = self.model  # the training step's: DDP's if any
+        if self.dist.enabled:
+            live = tuple(s for s, w in enumerate(config.cls_weights) if w)
+            live = tuple(sorted({*live, len(config.cls_weights) - 1}))  # div, sim: deepest
+            self._forward = distributed.wrap(self.model, self.device, live)
 
     # -- set-up -------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -136,18 +143,29 @@ class Trainer:
 
     def _loader(self) -> Iterator:
         gen = torch.Generator().manual_seed(self.config.seed + self.start_step)
+        sampler: DistributedSampler | None = None
+        per_rank = len(self.train_data)
+        if self.dist.enabled:  # each rank its own shard (batch_size is per rank)
+            sampler = DistributedSampler(
+                self.train_data, self.dist.world_size, self.dist.rank, shuffle=True,
+                seed=self.config.seed + self.start_step,
+            )
+            per_rank = sampler.num_samples
         epoch = 0
         while True:  # endless: training counts steps, not epochs
             if hasattr(self.train_data, "set_epoch"):
                 self.train_data.set_epoch(epoch)  # new augmentation draws every epoch
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             epoch += 1
             loader = DataLoader(
                 self.train_data,
                 batch_size=self.config.batch_size,
-                shuffle=True,
-                drop_last=len(self.train_data) >= self.config.batch_size,
+                shuffle=sampler is None,
+                sampler=sampler,
+                drop_last=per_rank >= self.config.batch_size,
                 num_workers=self.config.num_workers,
-                generator=gen,
+                generator=gen if sampler is None else None,
                 collate_fn=collate_images_tags,
             )
             yield from loader
@@ -179,9 +197,10 @@ class Trainer:
                 done, c.steps, losses["loss"], losses, lr, elapsed, rate * (c.steps - done), val
             )
         val = self._validate(c.steps)
-        self._save(c.steps)
         if val is not None and self.history:
             self.history[-1]["val_miou"] = val
+        self._save(c.steps)
+        distributed.barrier()  # ranks finish together, after rank 0 has written
 
     def run(
         self,
@@ -231,9 +250,9 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor, tags: torch.Tensor, step: int) -> dict[str, float]:
         c, model = self.config, self.model
-        model.train()
+        self._forward.train()
         with self._autocast():
-            out = model(images)
+            out = self._forward(images)
         l_cls = classification_loss(out.class_logits, tags, c.cls_weights)
         total = l_cls
         losses = {"cls": float(l_cls.detach())}
@@ -253,12 +272,14 @@ class Trainer:
             raise FloatingPointError(f"training diverged at step {step}: loss {float(total)}")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.contrastive is not None and self.dist.enabled:  # outside the DDP model
+            distributed.average_gradients(self.contrastive.to_embedding.parameters())
         self.optimizer.step()
         losses["loss"] = float(total.detach())
         return losses
 
     def _validate(self, step: int) -> float | None:
-        if self.val_data is None:
+        if self.val_data is None or not self.dist.is_main:  # rank 0 validates and saves
             return None
         loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False)
         score = evaluate(self.model, loader, self.device, protocols=("predicted",))
@@ -271,7 +292,7 @@ class Trainer:
         return miou
 
     def _save(self, step: int) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.dist.is_main:  # only rank 0 writes
             return
         save_checkpoint(self.out_dir / LAST, self.model, {"step": step})
         save_train_state(

@@ -10,10 +10,12 @@ from tqdm import tqdm
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, unit: str = "it") -> Iterator[tqdm]:
-    """A tqdm bar on stderr; disabled when stderr is not a terminal and not forced."""
+def progress_bar(
+    total: int, desc: str, unit: str = "it", disable: bool | None = None
+) -> Iterator[tqdm]:
+    """A tqdm bar on stderr; by default off when stderr is not a terminal."""
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-               mininterval=0.5, disable=None)
+               mininterval=0.5, disable=None if not disable else True)
     try:
         yield bar
     finally:

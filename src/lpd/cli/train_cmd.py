@@ -7,9 +7,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from lpd._atomic import atomic_write_text
 from lpd.cli._progress import progress_bar
 from lpd.config import ModelConfig, RunConfig, TrainConfig
 from lpd.data.sources import training_sources
+from lpd.distributed import is_main_process
 from lpd.errors import InputError
 from lpd.infer.device import resolve_device
 from lpd.model import create_model
@@ -110,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
                                args.val_mosaics, tile_mpp=args.tile_mpp)
     if model.config.microns_per_pixel is None and sources.microns_per_pixel is not None:
         model.config.microns_per_pixel = sources.microns_per_pixel
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(json.dumps(
-        {"model": model.config.to_dict(), "train": dataclasses.asdict(cfg.train)}, indent=1))
     trainer = Trainer(model, cfg.train, sources.train, sources.val, args.out, device,
                       resume=args.resume)
-    with progress_bar(cfg.train.steps, "train", "step") as bar:
+    main_rank = is_main_process()  # under torchrun only rank 0 writes and reports
+    if main_rank:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out / "config.json", json.dumps(
+            {"model": model.config.to_dict(), "train": dataclasses.asdict(cfg.train)}, indent=1))
+    with progress_bar(cfg.train.steps, "train", "step", disable=not main_rank) as bar:
         bar.update(trainer.start_step)
         for p in trainer.steps():
             bar.update(1)
@@ -124,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
                 post["val_mIoU"] = f"{p.val_miou:.3f}"
             bar.set_postfix(post, refresh=False)
     result = trainer.result(cfg.train.steps, True)
+    if not main_rank:
+        return 0
     best = f", best val mIoU {result.best_val_miou:.4f}" if result.best_val_miou else ""
     print(f"trained {cfg.train.steps} steps on {sources.kind}{best}; "
           f"checkpoint: {result.best_checkpoint or result.last_checkpoint}")

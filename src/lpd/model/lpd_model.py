@@ -9,7 +9,7 @@ from torch import nn
 
 from lpd.config import ModelConfig
 from lpd.model.backbone import create_backbone
-from lpd.model.head import CAMHead, PrototypeHead
+from lpd.model.head import BankHead, CAMHead, PrototypeHead
 
 
 @dataclass
@@ -47,10 +47,16 @@ class LPDModel(nn.Module):
                 config.init_temperature,
                 config.freeze_prototypes,
             )
+        elif config.head == "bank":
+            self.head = BankHead(
+                channels, config.num_classes, config.prototypes_per_class, config.init_temperature
+            )
         elif config.head == "cam":
             self.head = CAMHead(channels, config.num_classes)
         else:
-            raise ValueError(f"unknown head {config.head!r} (expected 'prototype' or 'cam')")
+            raise ValueError(
+                f"unknown head {config.head!r} (expected 'prototype', 'bank' or 'cam')"
+            )
 
     @property
     def k(self) -> int:
@@ -58,7 +64,7 @@ class LPDModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> LPDOutput:
         features = self.backbone(images)
-        if isinstance(self.head, PrototypeHead):
+        if isinstance(self.head, (PrototypeHead, BankHead)):
             cos_maps, temperatures = self.head(features)
             proto_maps = [t * c for t, c in zip(temperatures, cos_maps, strict=True)]
         else:

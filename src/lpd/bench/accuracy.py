@@ -1,0 +1,318 @@
+"""The accuracy benchmark (issue 5): train every configuration with the same backbone,
+budget, data and thread count, several seeds each, and score it under both presence
+protocols on (i) held-apart mosaics of the training tile folder (new crops and layouts)
+and (ii) mosaics of a second tile folder (another centre or release).
+
+``AccuracyBenchmark(settings).events()`` is a generator of progress events (it never
+prints); ``report()`` is the JSON-able result so far, and ``write_outputs`` (in
+``lpd.bench.report``) writes it with a markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+import lpd
+from lpd.bench import variants
+from lpd.bench.prototype_bank import build_bank, install_bank
+from lpd.bench.sweep import sweep_inference
+from lpd.config import DEFAULT_BACKBONE, ModelConfig, TrainConfig
+from lpd.data.datasets import collate
+from lpd.data.mosaic import TileFolder
+from lpd.data.sources import HELD_APART_SEED, TRAIN_MOSAIC_SEED, mosaic_dataset
+from lpd.errors import InputError
+from lpd.evaluate import evaluate
+from lpd.io.checkpoint import save_checkpoint
+from lpd.model import create_model
+from lpd.model.lpd_model import LPDModel
+from lpd.train import Trainer, seed_everything
+
+EVAL_SETS = ("held_apart", "test")
+# Both evaluation sets use the stream `lpd evaluate` uses by default, so a number here can
+# be reproduced with `lpd evaluate FOLDER --checkpoint ...`.
+TEST_SEED = HELD_APART_SEED
+
+
+@dataclass
+class AccuracySettings:
+    """What every configuration shares. ``warmup=None``: one sixth of the steps (the
+    paper's ratio, 3000 of 18738)."""
+
+    train_tiles: Path
+    test_tiles: Path
+    configs: tuple[str, ...] = variants.DEFAULT_CONFIGS
+    seeds: int = 3
+    steps: int = 600
+    batch_size: int = 8
+    input_size: int | None = None  # None: 224 on a GPU, 128 on the CPU (see ``size``)
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool = True
+    k: int = 10
+    lr: float = 5e-5
+    warmup: int | None = None
+    threads: int = 2
+    eval_mosaics: int = 64
+    output_stride: int | None = None  # the default model's choice (stride 32: half the cost)
+    # microns per pixel of the tiles; with both given, tiles are resampled to ``mpp`` (the
+    # model's), which defaults to the training tiles'
+    train_tile_mpp: float | None = None
+    test_tile_mpp: float | None = None
+    mpp: float | None = None
+    bank_crops: int = 64  # single-class crops per class for the k-means bank
+    inference_sweep: tuple[str, ...] = ("e_div",)  # configs whose inference settings we sweep
+    device: str = "cpu"
+    num_workers: int = 0
+    allow_overlap: bool = False
+    quick: bool = False
+    model_extra: dict[str, Any] = field(default_factory=dict)  # e.g. prototype_dim for tests
+
+    @property
+    def size(self) -> int:
+        """Patch side: 128 px on the CPU keeps the full default run near 90 minutes on two
+        cores (a 224 px step costs ~3.7x more); GPUs use the paper's 224 px."""
+        if self.input_size is not None:
+            return self.input_size
+        return 128 if str(self.device) == "cpu" else 224
+
+    @property
+    def warmup_iters(self) -> int:
+        return self.steps // 6 if self.warmup is None else self.warmup
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(train_tiles=str(self.train_tiles), test_tiles=str(self.test_tiles),
+                 warmup_iters=self.warmup_iters, input_size=self.size)
+        return d
+
+
+def quick_settings(settings: AccuracySettings) -> AccuracySettings:
+    """The ``--quick`` preset: four configurations, one seed, 30 steps of batch 4 at 128 px,
+    16 evaluation mosaics per set, no inference sweep (a smoke run of the machinery, not a
+    measurement: about 2 minutes on two shared cores)."""
+    return dataclasses.replace(
+        settings, configs=variants.QUICK_CONFIGS, seeds=1, steps=30, batch_size=4,
+        input_size=128, eval_mosaics=16, bank_crops=16, inference_sweep=(), quick=True,
+    )
+
+
+@dataclass
+class BenchEvent:
+    config: str
+    seed: int
+    phase: str  # "bank", "train", "evaluate", "done"
+    step: int = 0
+    total: int = 0
+    message: str = ""
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shared_tiles(first: TileFolder, second: TileFolder) -> list[tuple[str, str]]:
+    """Pairs of files (first, second) with identical contents in the two folders."""
+    digests = {file_digest(p): p for paths in first.paths.values() for p in paths}
+    return [(str(digests[d]), str(p)) for paths in second.paths.values() for p in paths
+            if (d := file_digest(p)) in digests]
+
+
+class AccuracyBenchmark:
+    def __init__(self, settings: AccuracySettings, out_dir: str | Path | None = None) -> None:
+        self.settings = s = settings
+        for name in s.configs:
+            if name not in variants.VARIANTS:
+                raise ValueError(f"unknown configuration {name!r}")
+        if s.seeds < 1 or s.steps < 1:
+            raise ValueError("seeds and steps must be >= 1")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.train_folder = TileFolder(s.train_tiles)
+        self.test_folder = TileFolder(s.test_tiles)
+        self.overlap = shared_tiles(self.train_folder, self.test_folder)
+        if self.overlap and not s.allow_overlap:
+            a, b = self.overlap[0]
+            raise InputError(Path(b), f"the test folder shares {len(self.overlap)} tile(s) "
+                             f"with the training folder (same contents as {a}); the test "
+                             "score would not measure generalisation (allow_overlap to "
+                             "run anyway)")
+        self.runs: list[dict[str, Any]] = []
+        self._eval_cache: dict[tuple, list[tuple[torch.Tensor, ...]]] = {}
+        self._t0 = time.perf_counter()
+        self._wall = 0.0
+        self.complete = False
+
+    # -- data ----------------------------------------------------------------------------
+    def _model_config(self, variant: variants.Variant) -> ModelConfig:
+        s = self.settings
+        base = {"backbone": s.backbone, "prototypes_per_class": s.k, "input_size": s.size,
+                "output_stride": s.output_stride,
+                "microns_per_pixel": s.mpp if s.mpp is not None else s.train_tile_mpp,
+                **s.model_extra, **variant.model}
+        return ModelConfig.from_dict(base)
+
+    def _train_config(self, variant: variants.Variant, seed: int) -> TrainConfig:
+        s = self.settings
+        base = {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,
+                "warmup_iters": s.warmup_iters, "seed": seed, "threads": s.threads,
+                "num_workers": s.num_workers, "val_every": 0, "checkpoint_every": 0,
+                **variant.train}
+        return TrainConfig.from_dict(base)
+
+    def eval_batches(self, config: ModelConfig, which: str) -> list[tuple[torch.Tensor, ...]]:
+        """The evaluation set, built once per input normalisation and kept in memory, so
+        every configuration and seed is scored on the very same pixels."""
+        key = (which, config.input_size, config.mean, config.std, config.stain_normalisation)
+        if key not in self._eval_cache:
+            s = self.settings
+            held = which == "held_apart"
+            ds = mosaic_dataset(self.train_folder if held else self.test_folder, config,
+                                s.eval_mosaics, HELD_APART_SEED if held else TEST_SEED,
+                                tile_mpp=s.train_tile_mpp if held else s.test_tile_mpp)
+            self._eval_cache[key] = _batches(ds, 16)
+        return self._eval_cache[key]
+
+    # -- the runs ------------------------------------------------------------------------
+    def events(self) -> Iterator[BenchEvent]:
+        """Train and score every (configuration, seed); yields progress as it goes."""
+        s = self.settings
+        if s.threads and s.device == "cpu":
+            torch.set_num_threads(s.threads)
+        for seed in range(s.seeds):  # seed-major: a stopped run still compares every config
+            for name in s.configs:
+                yield from self._run(variants.VARIANTS[name], seed)
+        self.complete = True
+        self._wall = time.perf_counter() - self._t0
+
+    def _build(self, variant: variants.Variant, seed: int) -> LPDModel:
+        s = self.settings
+        config = self._model_config(variant)
+        seed_everything(seed)  # same head init for every configuration of a seed
+        model = create_model(config=config, pretrained=s.pretrained)
+        if variant.bank == "projected":  # P lives in the joint (concatenated) feature space
+            config = ModelConfig.from_dict({**config.to_dict(),
+                                            "prototype_dim": sum(model.channels)})
+            seed_everything(seed)
+            model = create_model(config=config, pretrained=s.pretrained)
+        return model.to(s.device)
+
+    def _run(self, variant: variants.Variant, seed: int) -> Iterator[BenchEvent]:
+        s = self.settings
+        name = variant.name
+        model = self._build(variant, seed)
+        t_bank = time.perf_counter()
+        if variant.bank == "fixed":
+            yield BenchEvent(name, seed, "bank", message="k-means prototype bank")
+            install_bank(model, self.train_folder, s.bank_crops, seed)
+        elif variant.bank == "projected":
+            yield BenchEvent(name, seed, "bank", message="k-means prototype bank")
+            banks = build_bank(model, self.train_folder, s.bank_crops, seed)
+            joint = torch.cat(banks, dim=1) / len(banks) ** 0.5
+            with torch.no_grad():
+                model.head.prototypes.copy_(joint.to(model.head.prototypes))
+        bank_seconds = time.perf_counter() - t_bank
+        tc = self._train_config(variant, seed)
+        data = mosaic_dataset(self.train_folder, model.config, tc.steps * tc.batch_size,
+                              TRAIN_MOSAIC_SEED + seed, augment=True, train=tc,
+                              tile_mpp=s.train_tile_mpp)
+        run_dir = self.out_dir / f"{name}-seed{seed}" if self.out_dir is not None else None
+        trainer = Trainer(model, tc, data, None, run_dir, s.device)
+        t0 = time.perf_counter()
+        every = max(1, tc.steps // 20)
+        last: dict[str, float] = {}
+        for p in trainer.steps():
+            last = p.losses
+            if p.step % every == 0 or p.step == p.total:
+                yield BenchEvent(name, seed, "train", p.step, p.total,
+                                 f"loss {p.loss:.3f}, {p.elapsed / p.step:.2f} s/step")
+        train_seconds = time.perf_counter() - t0
+        yield BenchEvent(name, seed, "evaluate", message="scoring")
+        t1 = time.perf_counter()
+        scores: dict[str, Any] = {}
+        guess: dict[str, Any] = {}
+        sweep: dict[str, Any] = {}
+        for which in EVAL_SETS:
+            batches = self.eval_batches(model.config, which)
+            result = evaluate(model, batches, s.device).as_dict()
+            guess[which] = result.pop("one_class_guess")
+            scores[which] = result
+            if name in s.inference_sweep:
+                sweep[which] = sweep_inference(model, batches, s.device)
+        eval_seconds = time.perf_counter() - t1
+        if run_dir is not None:
+            save_checkpoint(run_dir / "bench.safetensors", model, {"config": name, "seed": seed})
+        record = {
+            "config": name, "seed": seed, "train_seconds": train_seconds,
+            "seconds_per_step": train_seconds / max(tc.steps, 1),
+            "bank_seconds": bank_seconds, "eval_seconds": eval_seconds,
+            "final_losses": last, "model": model.config.to_dict(), "train": tc.to_dict(),
+            "scores": scores, "one_class_guess": guess,
+        }
+        if sweep:
+            record["inference_sweep"] = sweep
+        self.runs.append(record)
+        self._wall = time.perf_counter() - self._t0
+        yield BenchEvent(name, seed, "done", tc.steps, tc.steps,
+                         _headline(scores, train_seconds, eval_seconds))
+
+    # -- the result ----------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        from lpd.bench.report import summarise
+
+        s = self.settings
+        return {
+            "benchmark": "accuracy",
+            "lpd_version": lpd.__version__,
+            "complete": self.complete,
+            "quick": s.quick,
+            "settings": s.as_dict(),
+            "budget": (f"{s.steps} steps of batch {s.batch_size} per run "
+                       f"(warm-up {s.warmup_iters}), {s.seeds} seed(s), "
+                       f"{s.size} px, {s.threads} torch thread(s) on {s.device}"),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "machine": platform.machine(), "cpu_count": _cpu_count(),
+                            "device": s.device, "threads": s.threads},
+            "data": {
+                "train_tiles": {"folder": str(s.train_tiles),
+                                "tiles": {k: len(v) for k, v in self.train_folder.paths.items()}},
+                "test_tiles": {"folder": str(s.test_tiles),
+                               "tiles": {k: len(v) for k, v in self.test_folder.paths.items()}},
+                "shared_tiles": self.overlap,
+                "eval_sets": {
+                    "held_apart": {"folder": str(s.train_tiles), "mosaics": s.eval_mosaics,
+                                   "seed": HELD_APART_SEED},
+                    "test": {"folder": str(s.test_tiles), "mosaics": s.eval_mosaics,
+                             "seed": TEST_SEED},
+                },
+                "training_mosaics_per_run": s.steps * s.batch_size,
+            },
+            "configs": {n: variants.VARIANTS[n].as_dict() for n in s.configs},
+            "wall_seconds": self._wall,
+            "runs": self.runs,
+            **summarise(self.runs, s.configs),
+        }
+
+
+def _batches(ds: Dataset, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
+    items = [ds[i] for i in range(len(ds))]
+    return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def _headline(scores: dict[str, Any], train_s: float, eval_s: float) -> str:
+    parts = [f"{w} mIoU pred/oracle {scores[w]['predicted']['mIoU']:.3f}/"
+             f"{scores[w]['oracle']['mIoU']:.3f}" for w in EVAL_SETS]
+    return "; ".join(parts) + f" (train {train_s:.0f} s, eval {eval_s:.0f} s)"
+
+
+def _cpu_count() -> int | None:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
