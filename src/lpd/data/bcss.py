@@ -52,7 +52,8 @@ def parse_tags(name: str | Path, num_classes: int = len(CLASS_NAMES)) -> np.ndar
     training file name such as ``TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png``.
     """
     stem = Path(name).name
-    stem = stem[: -len(Path(stem).suffix)] if Path(stem).suffix else stem
+    suffix = Path(stem).suffix  # "...MPP-0.2500+0[1101]" (no extension) has no real suffix
+    stem = stem[: -len(suffix)] if suffix and "[" not in suffix else stem
     found = _TAG_RE.findall(stem)
     if not found:
         raise InputError(name, f"no image-level tags in the file name; a BCSS-WSSS training "

@@ -233,6 +233,9 @@ def check_tiff_structure(path: Path, max_ifds: int = 100_000) -> None:
             if len(seen) >= max_ifds:
                 raise InputError(path, f"more than {max_ifds} image directories: corrupt file")
             seen.add(offset)
+            if offset >= size:  # also: seek() fails (EINVAL) on offsets past 2**63
+                raise InputError(path, f"the file is truncated or corrupt: an image directory "
+                                 f"at byte {offset} lies past the end of the file ({size} bytes)")
             fh.seek(offset)
             raw = fh.read(csize)
             count = struct.unpack(order + cfmt, raw)[0] if len(raw) == csize else 0

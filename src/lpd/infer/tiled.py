@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpd.errors import InputError
+from lpd.errors import InputError, LPDError
 from lpd.infer._blend import ScoreBlender
 from lpd.infer._plan import TilePlan, plan_tiled, tissue_fractions
 from lpd.infer._reader import WindowReader
@@ -255,6 +255,7 @@ def predict_tiled(
     model.eval()
     model.to(dev)
     resolved = 0
+    sub = [batch_size, 0]  # images per forward call, halved yet; halved once on OOM
     try:
         reader.start()
         for batch in reader.batches():
@@ -269,9 +270,7 @@ def predict_tiled(
                 x = torch.from_numpy(np.stack([it.pixels for it in items])).to(dev)
                 x = (x.permute(0, 3, 1, 2).float() - shift) / div
                 with torch.inference_mode(), _autocast(dev, amp):
-                    out = model(x)
-                    cams = [out.cams[s].float() for s in FUSED_SCALES]
-                    protos = out.proto_maps[-1].float() if prototypes else None
+                    cams, protos = _forward(model, x, prototypes, sub)
                 with torch.inference_mode():
                     for b, it in enumerate(items):
                         r, c = divmod(it.index, wx)
@@ -328,6 +327,47 @@ def _segments(candidates: np.ndarray, tx: int, size: int):
         run.append(index)
     if run:
         yield run
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA (``torch.OutOfMemoryError``) or MPS (a RuntimeError naming it) out of memory."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _forward(model: LPDModel, x: torch.Tensor, prototypes: bool, sub: list[int]
+             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The fused-scale class maps (and deepest prototype maps) of ``x``, in forward calls
+    of at most ``sub[0]`` images. On the first out-of-memory error the size is halved for
+    the rest of the run (``sub`` = [size, halved]); a second one is an error for the user."""
+    while True:
+        try:
+            cams: list[list[torch.Tensor]] = [[] for _ in FUSED_SCALES]
+            protos: list[torch.Tensor] = []
+            for part in torch.split(x, sub[0]):
+                out = model(part)
+                for acc, s in zip(cams, FUSED_SCALES, strict=True):
+                    acc.append(out.cams[s].float())
+                if prototypes:
+                    protos.append(out.proto_maps[-1].float())
+                del out
+            return ([torch.cat(a) for a in cams], torch.cat(protos) if prototypes else None)
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            del exc
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if sub[0] > 1 and not sub[1]:
+                sub[0], sub[1] = sub[0] // 2, 1  # halved once: a further error is final
+                continue
+            raise LPDError(
+                f"the {x.device.type} device ran out of memory even with {sub[0]} image(s) "
+                "per forward pass (batch size already halved once); use a smaller batch "
+                "size, a smaller input size, or device='cpu'"
+            ) from None
 
 
 def _autocast(device: torch.device, enabled: bool):
