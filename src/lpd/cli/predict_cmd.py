@@ -1,0 +1,158 @@
+"""``lpd predict SLIDE --out OUT.zarr``: whole-slide (or region) segmentation into a store."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from lpd.batch import default_threads
+from lpd.cli._progress import progress_bar
+from lpd.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment a whole slide (or a region) into a chunked zarr store",
+        description="Tiled inference over a slide (SVS, TIFF, OME-TIFF, NDPI, PNG, JPEG) at "
+        "the checkpoint's magnification, written to OUT.zarr (OME-Zarr labels, resumable). "
+        "Interrupted runs leave an incomplete store that the same command resumes. "
+        "Export it with `lpd export OUT.zarr`.",
+    )
+    p.add_argument("slide", type=Path, help="slide or image file")
+    p.add_argument("--checkpoint", default="default",
+                   help="model checkpoint (.safetensors); 'default' (the default) trains the "
+                   "default model on first use and caches it")
+    p.add_argument("--out", type=Path, required=True, help="output store (OUT.zarr)")
+    p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="region in level-0 pixels (default: the whole slide)")
+    p.add_argument("--level", type=int, help="pyramid level to read (default: the level "
+                   "matching the checkpoint's microns per pixel)")
+    p.add_argument("--mpp", type=float, help="the slide's level-0 microns per pixel, when its "
+                   "metadata has none (or is wrong)")
+    p.add_argument("--target-mpp", type=float,
+                   help="process at this magnification instead of the checkpoint's")
+    p.add_argument("--prototypes", action="store_true",
+                   help="also store per-prototype activation maps (float16)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int,
+                   help="torch threads on CPU (default: CPU cores - 1, at least 1; one "
+                   "reader thread runs besides)")
+    p.add_argument("--tissue-threshold", type=float, default=0.05,
+                   help="skip tiles with less tissue than this fraction (default 0.05; "
+                   "0 computes every tile)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="replace an existing store instead of resuming it")
+    p.set_defaults(func=run)
+
+
+def checkpoint_for_cli(checkpoint: str | Path | None, device: str = "cpu") -> Path:
+    """The checkpoint's path; "default" (or None) is the default model, trained with a
+    progress bar the first time."""
+    from lpd.batch import resolve_checkpoint
+
+    with contextlib.ExitStack() as stack:
+        bars = []
+
+        def on_train(p) -> None:
+            if not bars:
+                print("training the default model (first use; cached afterwards)",
+                      file=sys.stderr)
+                bars.append(stack.enter_context(progress_bar(p.total, "default model", "step")))
+            bars[0].update(p.step - bars[0].n)
+
+        return resolve_checkpoint(checkpoint, on_train, device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpd.data.slide import open_slide
+    from lpd.infer.device import resolve_device
+    from lpd.infer.tiled import plan_tiled, predict_tiled
+    from lpd.io.checkpoint import load_checkpoint
+    from lpd.io.store import OutputStore
+
+    threads = default_threads() if args.threads is None else args.threads
+    if threads < 1:
+        raise InputError(None, f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    device = resolve_device(args.device)
+    model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
+    resume = not args.no_resume
+    out: Path = args.out
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp)
+        plan = plan_tiled(model, slide, **kwargs)
+        grid = plan.grid
+        total = grid[0] * grid[1]
+        before = 0
+        if resume and out.exists() and OutputStore.is_store(out):
+            old = OutputStore.open(out)
+            if old.is_whole() and tuple(old.shape) == tuple(plan.shape) and old.tile == plan.tile:
+                before = int((~old.needed_tiles(grid)).sum())
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+        gen = predict_tiled(
+            model, slide, **kwargs, batch_size=args.batch_size, device=device,
+            tissue_threshold=args.tissue_threshold or None, store=out,
+            prototypes=args.prototypes, resume=resume)
+        t0 = time.perf_counter()
+        try:
+            with progress_bar(total, "tiles", "tile") as bar:
+                bar.update(before)
+                while True:
+                    try:
+                        progress = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    if progress.stage == "tiles":
+                        bar.update(progress.done - bar.n)
+                    else:
+                        bar.set_description("pyramid", refresh=False)
+        except KeyboardInterrupt:
+            gen.close()  # stops the reader thread; finished chunks stay on disk
+            _report_interrupted(out)
+            return 130
+        except InputError as exc:
+            if "resume=False" in exc.problem:
+                raise InputError(exc.path, exc.problem.replace("pass resume=False",
+                                                               "pass --no-resume")) from None
+            raise
+    _report_done(result, total, before, time.perf_counter() - t0, out)
+    return 0
+
+
+def _report_interrupted(out: Path) -> None:
+    from lpd.io.store import OutputStore
+
+    done = ""
+    if OutputStore.is_store(out):
+        fin = OutputStore.open(out).finished()
+        done = f" ({int(fin.sum())} of {fin.size} chunks saved)"
+    print(f"\ninterrupted: {out} is INCOMPLETE{done} and must not be used as a result.\n"
+          "Run the same command again to resume from the saved chunks, or export it as it "
+          "is with `lpd export --allow-incomplete`.", file=sys.stderr)
+
+
+def _report_done(result, total: int, before: int, seconds: float, out: Path) -> None:
+    store, plan = result.store, result.plan
+    computed = max(0, total - before - result.tiles_skipped)
+    if before == total:
+        computed = 0
+    h, w = plan.shape
+    mpp = f"{plan.mpp:.3g} µm/px" if plan.mpp else "µm/px unknown"
+    state = "complete" if store is not None and store.complete else "INCOMPLETE"
+    print(f"store: {out} ({state}; {w} x {h} px at {mpp}, slide level {plan.level}, "
+          f"region x={plan.region[0]} y={plan.region[1]} w={plan.region[2]} h={plan.region[3]})")
+    print(f"tiles: {total} in all: {computed} computed, {result.tiles_skipped} skipped as "
+          f"background, {before} already done (resumed)")
+    rate = result.forward_passes / seconds if seconds > 0 else 0.0
+    print(f"throughput: {result.forward_passes} forward passes in {seconds:.1f} s "
+          f"({rate:.2f} passes/s)")
+    print(f"export with: lpd export {out}")
