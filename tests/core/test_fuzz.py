@@ -136,8 +136,8 @@ def test_odd_images(tmp_path, h, w, channels, dtype, writer, seed, special) -> N
     else:
         arr = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
     if writer == "png":
-        if dtype not in ("u1", "u2") or channels == 2 or (dtype == "u2" and channels > 0):
-            return  # not representable in a PNG via PIL
+        if dtype not in ("u1", "u2") or channels in (1, 2) or (dtype == "u2" and channels):
+            return  # not representable in a PNG via PIL (no H x W x 1 or 2-channel modes)
         path = tmp_path / "img.png"
         Image.fromarray(arr).save(path)
     else:

@@ -84,7 +84,8 @@ def test_one_window_image_is_exactly_the_single_pass(model) -> None:
     ref = single_pass(model, image)
     assert count.n == 1 == res.forward_passes
     np.testing.assert_allclose(res.scores, ref[0].numpy(), atol=1e-5, rtol=0)
-    labels, _ = labels_from_scores(ref, predicted_presence(ref), model.config.fusion_weights,
+    presence = predicted_presence(ref, model.config.presence_threshold)
+    labels, _ = labels_from_scores(ref, presence, model.config.fusion_weights,
                                    model.config.background_power)
     assert np.array_equal(res.labels, labels[0].numpy())
 

@@ -33,13 +33,3 @@ def test_cli_requires_a_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _cli.main([])
     assert exc.value.code == 2 and "demo" in capsys.readouterr().err
-
-
-@pytest.mark.gui
-def test_show_demo_adds_the_sample_region(make_napari_viewer) -> None:
-    from napari_lpd._demo import show_demo
-
-    viewer = make_napari_viewer()
-    show_demo(viewer)
-    assert [layer.name for layer in viewer.layers] == ["CMU-1 region"]
-    assert viewer.layers[0].rgb
