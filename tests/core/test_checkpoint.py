@@ -121,3 +121,14 @@ def test_weights_of_another_model_refused(tmp_path: Path, model) -> None:
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tampered), meta)
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_checkpoint(tampered)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path, model) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", model)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
