@@ -3,8 +3,6 @@ with its exact ground truth."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import tifffile
 

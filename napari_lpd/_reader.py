@@ -1,0 +1,121 @@
+"""Reader contribution: slides and images as multiscale Image layers, lpd prediction stores
+(``*.zarr``) as Labels with the class colours, label TIFFs written by our writer as Labels.
+
+An incomplete store (an interrupted run) is shown with "(incomplete)" in its name, level 0
+only, at half opacity and hidden, so it is never mistaken for a finished result."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lpd.data.slide import open_slide
+from lpd.io.store import OutputStore
+from napari_lpd._layers import (
+    LABELS_OPACITY,
+    LayerData,
+    class_colormap,
+    grid_transform,
+    slide_layer,
+    store_labels_layer,
+    units_of,
+)
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".png", ".jpg", ".jpeg")
+#: ``"lpd": "labels"`` in the JSON description marks a label TIFF of lpd.io.export.
+LABELS_TIFF_MARKER = "labels"
+IN_MEMORY_MAX = 4096 * 4096
+
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+
+def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """The reader for ``path`` (a file or a list of files), or None when it is not ours."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths or not all(_accepts(Path(p)) for p in paths):
+        return None
+    return read_paths
+
+
+def _accepts(path: Path) -> bool:
+    name = path.name.lower().rstrip("/")
+    if name.endswith(".zarr"):
+        return OutputStore.is_store(path)
+    return name.endswith(SLIDE_SUFFIXES)
+
+
+def read_paths(path: str | list[str]) -> list[LayerData]:
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        layers.extend(read_path(Path(p)))
+    return layers
+
+
+def read_path(path: Path) -> list[LayerData]:
+    """Layers for one file or store (errors are ``lpd.errors.InputError`` naming the file)."""
+    if path.name.lower().rstrip("/").endswith(".zarr"):
+        return [read_store(path)]
+    labels = _read_labels_tiff(path)
+    if labels is not None:
+        return [labels]
+    return [slide_layer(open_slide(path))]
+
+
+def read_store(path: Path) -> LayerData:
+    store = OutputStore.open(path)
+    data, meta, kind = store_labels_layer(store, name=f"LPD labels [{path.stem}]")
+    if not store.complete:
+        meta["visible"] = False
+        meta["opacity"] = 0.3
+    return data, meta, kind
+
+
+def _read_labels_tiff(path: Path) -> LayerData | None:
+    """A label TIFF written by ``lpd.io.export.export_tiff`` (our writer, ``lpd export``),
+    as Labels with its class colours and placement; anything else: None. Small label maps
+    are read into memory, larger ones stay lazy (every pyramid level, through zarr)."""
+    if not path.name.lower().endswith((".tif", ".tiff")):
+        return None
+    import tifffile
+    import zarr
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # not a readable TIFF: the slide reader reports the problem
+        return None
+    try:
+        info = json.loads(tif.pages[0].description or "{}")
+        if not isinstance(info, dict) or info.get("lpd") != LABELS_TIFF_MARKER:
+            tif.close()
+            return None
+        levels = list(tif.series[0].levels)
+        h, w = levels[0].shape[:2]
+        if h * w <= IN_MEMORY_MAX:
+            data: Any = levels[0].asarray()
+            tif.close()
+        else:  # the open file stays referenced by the lazy arrays
+            data = [zarr.open(level.aszarr(), mode="r") for level in levels]
+    except Exception:
+        tif.close()
+        return None
+    classes = [c for c in info.get("classes", []) if int(c.get("value", 0)) > 0]
+    mpp, scale = info.get("mpp"), float(info.get("scale") or 1.0)
+    offset = info.get("offset") or {"x": 0.0, "y": 0.0}
+    unit = 1.0 if mpp is None else float(mpp) / scale  # µm (or px) per level-0 pixel
+    sc, tr = grid_transform((unit, unit), (0.0, 0.0), scale, (offset["x"], offset["y"]))
+    meta = {
+        "name": path.stem,
+        "scale": sc,
+        "translate": tr,
+        "units": units_of(mpp),
+        "multiscale": isinstance(data, list) and len(data) > 1,
+        "colormap": class_colormap([c["colour"] for c in classes]),
+        "opacity": LABELS_OPACITY,
+        "metadata": {"lpd_class_names": [c["name"] for c in classes], "lpd_path": str(path)},
+    }
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    return data, meta, "labels"

@@ -1,0 +1,1 @@
+"""Dock widgets of the napari-lpd plugin (GUI state only; computations live in lpd)."""

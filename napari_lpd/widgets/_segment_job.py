@@ -1,0 +1,213 @@
+"""The segment widget's background job (no Qt here): resolve the checkpoint (training the
+default model on first use), plan, run ``predict_tiled`` into a zarr store, count class
+areas. A generator of ``JobEvent``s, run by ``napari_lpd._workers.run_in_worker``.
+
+Output: always a zarr ``OutputStore`` under ``<lpd cache>/runs/`` (memory stays bounded
+whatever the slide size; small results are loaded into memory for display afterwards).
+A store whose run was cancelled is kept there: running again with the same image file,
+region, checkpoint and options resumes from its finished chunks."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpd.default_model import cache_dir, default_checkpoint_path, is_cached, train_default_model
+from lpd.errors import InputError
+from lpd.infer.tiled import TilePlan, plan_tiled, predict_tiled
+from lpd.io.checkpoint import load_checkpoint
+from lpd.io.store import OutputStore
+from napari_lpd._layers import IN_MEMORY_MAX, class_counts
+
+MAX_STORES = 8  # finished or cancelled runs kept in the cache (oldest removed first)
+# px a side of the live preview: each repaint re-slices, colours and uploads it whole, so
+# its cost grows with its pixels (2048² is a quarter of DESIGN.md's 4096² probe)
+PREVIEW_MAX = 2048
+
+
+class Preview:
+    """The live preview: the output grid sampled every ``factor`` px."""
+
+    def __init__(self, shape: tuple[int, int], max_side: int = PREVIEW_MAX) -> None:
+        self.factor = max(1, math.ceil(max(shape) / max_side))
+        f = self.factor
+        self.data = np.zeros((math.ceil(shape[0] / f), math.ceil(shape[1] / f)), np.uint8)
+
+    def paint(self, y: int, x: int, labels: np.ndarray) -> None:
+        f = self.factor
+        if f == 1:
+            self.data[y : y + labels.shape[0], x : x + labels.shape[1]] = labels
+            return
+        o = f // 2  # sample the middle pixel of each f x f block
+        py, px = math.ceil((y - o) / f), math.ceil((x - o) / f)
+        sub = labels[py * f + o - y :: f, px * f + o - x :: f]
+        self.data[py : py + sub.shape[0], px : px + sub.shape[1]] = sub
+
+
+@dataclass
+class JobEvent:
+    """What the worker yields. ``stage``: "training", "plan" (a new output grid: start a
+    fresh preview), "tiles" (finished tiles to paint), "pyramid", "areas"."""
+
+    stage: str
+    done: int = 0
+    total: int = 1
+    text: str = ""
+    tiles: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    plan: TilePlan | None = None
+
+
+@dataclass
+class SegmentRequest:
+    image: Any  # a slide path (opened here), an array-like or an object with .levels
+    mpp: float | None
+    region: tuple[int, int, int, int] | None  # (x, y, w, h) level-0 px; None = all
+    checkpoint: Path | None  # None: the default model
+    device: str
+    prototypes: bool
+    store: Path
+    resume: bool
+
+
+@dataclass
+class SegmentOutcome:
+    store: OutputStore
+    plan: TilePlan
+    counts: np.ndarray  # pixels per label 0..C
+    k: int
+    checkpoint: Path
+    forward_passes: int
+    elapsed: float
+    labels: np.ndarray | None = None  # level 0, read here when small (IN_MEMORY_MAX)
+
+
+def runs_dir() -> Path:
+    return cache_dir() / "runs"
+
+
+def prune_runs(keep: set[Path], limit: int = MAX_STORES) -> None:
+    """Remove the oldest run stores beyond ``limit`` (never those in ``keep``)."""
+    folder = runs_dir()
+    if not folder.is_dir():
+        return
+    stores = sorted((p for p in folder.glob("*.zarr") if OutputStore.is_store(p)),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in stores[limit:]:
+        if old.resolve() not in {k.resolve() for k in keep}:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome]:
+    """The whole job; closing the generator stops it within one batch or training step."""
+    checkpoint = req.checkpoint
+    if checkpoint is None:
+        checkpoint = default_checkpoint_path()
+        if not is_cached():
+            checkpoint = yield from _train_default(req.device)
+    model = load_checkpoint(checkpoint, device="cpu")
+    image = req.image
+    slide = None
+    if isinstance(image, Path):
+        from lpd.data.slide import open_slide
+
+        slide = image = open_slide(image)
+    try:
+        mpp = None if slide is not None else req.mpp
+        plan = plan_tiled(model, image, region=req.region, mpp=mpp, halo=halo_for(model))
+        req.store.parent.mkdir(parents=True, exist_ok=True)
+        resume = req.resume and OutputStore.is_store(req.store)
+        yield JobEvent("plan", 0, _tiles(plan), _plan_text(plan), plan=plan)
+        if resume:
+            yield from _prefill(req.store, plan)
+        kwargs = dict(region=req.region, mpp=mpp, device=req.device, store=req.store,
+                      prototypes=req.prototypes, halo=halo_for(model))
+        try:
+            result = yield from _predict(model, image, plan, resume=resume, **kwargs)
+        except InputError as exc:
+            if not resume or "other settings" not in exc.problem:
+                raise
+            yield JobEvent("plan", 0, _tiles(plan), _plan_text(plan), plan=plan)
+            result = yield from _predict(model, image, plan, resume=False, **kwargs)
+    finally:
+        if slide is not None:
+            slide.close()
+    store = result.store
+    assert store is not None  # a store path was given
+    yield JobEvent("areas", 0, 1, "Measuring class areas")
+    counts = class_counts(store.labels, len(store.class_names), band=store.chunk)
+    h, w = store.shape
+    labels = np.asarray(store.labels[...]) if h * w <= IN_MEMORY_MAX else None
+    return SegmentOutcome(store, plan, counts, model.k, Path(checkpoint),
+                          result.forward_passes, result.elapsed, labels)
+
+
+def halo_for(model: Any) -> int:
+    """predict_tiled's default halo (32 px), smaller for small model inputs (< 128 px),
+    where it must stay below a quarter of the input."""
+    return 32 if model.config.input_size >= 128 else 16
+
+
+def _tiles(plan: TilePlan) -> int:
+    return plan.grid[0] * plan.grid[1]
+
+
+def _plan_text(plan: TilePlan) -> str:
+    h, w = plan.shape
+    mpp = f" at {plan.mpp:.3g} µm/px" if plan.mpp else ""
+    notes = f" ({'; '.join(plan.notes)})" if plan.notes else ""
+    return f"Segmenting {w}×{h} px{mpp}, level {plan.level}{notes}"
+
+
+def _predict(model, image, plan: TilePlan, resume: bool, **kwargs):
+    gen = predict_tiled(model, image, resume=resume, **kwargs)
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if p.stage == "pyramid":
+                yield JobEvent("pyramid", 0, 1, "Building the label pyramid")
+            else:
+                skipped = f", {p.tiles_skipped} background" if p.tiles_skipped else ""
+                yield JobEvent("tiles", p.done, p.total,
+                               f"Tiles {p.done}/{p.total}{skipped}", tiles=p.tiles)
+    finally:
+        gen.close()  # closing this job closes predict_tiled (its reader thread stops)
+
+
+def _prefill(path: Path, plan: TilePlan) -> Generator[JobEvent, None, None]:
+    """Finished chunks of a resumed store, painted first so the preview is not holey."""
+    try:
+        store = OutputStore.open(path)
+    except InputError:
+        return
+    if tuple(store.shape) != tuple(plan.shape):
+        return
+    c = store.chunk
+    for ci, cj in zip(*np.nonzero(store.finished()), strict=True):
+        y, x = int(ci) * c, int(cj) * c
+        block = np.asarray(store.labels[y : y + c, x : x + c])
+        yield JobEvent("tiles", 0, _tiles(plan), "Resuming: finished chunks", tiles=[(y, x, block)])
+
+
+def _train_default(device: str) -> Generator[JobEvent, None, Path]:
+    gen = train_default_model(device=device)
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return Path(stop.value)
+            eta = f", about {p.eta / 60:.0f} min left" if p.eta >= 60 else f", {p.eta:.0f} s left"
+            yield JobEvent("training", p.step, p.total,
+                           f"Training the default model (first use only): step "
+                           f"{p.step}/{p.total}, loss {p.loss:.3f}{eta}")
+    finally:
+        gen.close()  # a cancelled training writes no checkpoint

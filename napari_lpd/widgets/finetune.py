@@ -1,0 +1,318 @@
+"""Fine-tune widget: train the current checkpoint on the tagged regions of an image.
+
+Runs ``lpd.finetune.fine_tune`` in a worker (live loss curve, step and ETA, Cancel), saves
+the result under a new name, then re-segments the current view with it: through a docked
+``SegmentWidget`` of the same viewer when there is one, else by predicting the visible
+region into the Labels layer "LPD labels (fine-tuned)". ``finished_checkpoint(str)`` is
+emitted with the new checkpoint's path.
+
+Cancel writes nothing (the last good checkpoint is the one fine-tuning started from);
+"Stop && save" ends early and saves what was trained, marked incomplete in its metadata."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Image
+from napari.utils.notifications import show_info
+from qtpy import QtWidgets as qw
+from qtpy.QtCore import Signal
+
+from lpd.config import TrainConfig
+from lpd.data.tags import TagStore, sidecar_path
+from lpd.default_model import default_checkpoint_path, is_cached, train_default_model
+from lpd.errors import InputError
+from lpd.finetune import FineTuneResult, fine_tune
+from lpd.infer.device import available_devices
+from lpd.io.checkpoint import load_checkpoint
+from napari_lpd._layers import class_colormap, grid_transform, upsert_layer
+from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd.widgets._loss_plot import LossPlot
+from napari_lpd.widgets.tags import layer_file, opened_pixels, row_of, tagged_image, view_region
+
+FINETUNED_LABELS = "LPD labels (fine-tuned)"
+log = logging.getLogger(__name__)
+MAX_VIEW_PIXELS = 4096 * 4096  # the fallback re-segmentation refuses bigger views
+
+
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _halo(model: Any) -> int:
+    """predict_tiled's default halo, smaller for small model inputs."""
+    return 32 if model.config.input_size >= 128 else 16
+
+
+class FineTuneWidget(qw.QWidget):
+    """Dock widget: fine-tune a checkpoint on the tags of an image layer."""
+
+    finished_checkpoint = Signal(str)
+
+    def __init__(self, viewer: Any, parent: qw.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.handle: RunHandle | None = None
+        self.result: FineTuneResult | None = None
+        self.train_config = TrainConfig(warmup_iters=0)  # loss weights, augmentation...
+        self._stop = threading.Event()
+        self._image_layer: Image | None = None  # the layer of the last run
+        self._build()
+        viewer.layers.events.inserted.connect(self._refresh_images)
+        viewer.layers.events.removed.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _build(self) -> None:
+        form = qw.QFormLayout()
+        self.image_combo = qw.QComboBox()
+        form.addRow("Image", self.image_combo)
+        self.checkpoint_edit = qw.QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("default model")
+        form.addRow("Start from", row_of(self.checkpoint_edit, qw.QPushButton("…", clicked=(
+            lambda: self._browse(self.checkpoint_edit, "LPD checkpoint (*.safetensors)")))))
+        self.extra_edit = qw.QLineEdit()
+        self.extra_edit.setPlaceholderText("optional: BCSS-WSSS or tile folder")
+        form.addRow("Extra data", row_of(self.extra_edit, qw.QPushButton(
+            "…", clicked=lambda: self._browse(self.extra_edit, None))))
+        self.output_edit = qw.QLineEdit()
+        self.output_edit.setPlaceholderText("auto: <checkpoint>-finetuned.safetensors")
+        form.addRow("Save as", self.output_edit)
+        self.steps_spin = qw.QSpinBox(minimum=1, maximum=100000, value=100, toolTip="steps")
+        self.batch_spin = qw.QSpinBox(minimum=1, maximum=256, value=8, toolTip="batch size")
+        form.addRow("Steps, batch", row_of(self.steps_spin, self.batch_spin))
+        self.lr_spin = qw.QDoubleSpinBox(decimals=7, minimum=1e-7, maximum=1e-2, value=5e-5,
+                                         singleStep=1e-5, toolTip="learning rate")
+        self.device_combo = qw.QComboBox()
+        self.device_combo.addItems(available_devices())
+        form.addRow("Rate, device", row_of(self.lr_spin, self.device_combo))
+        self.resegment_check = qw.QCheckBox("Re-segment the view when done")
+        self.resegment_check.setChecked(True)
+        self.run_button = qw.QPushButton("Fine-tune", clicked=self.run)
+        self.stop_button = qw.QPushButton("Stop && save", clicked=self.stop, toolTip=(
+            "End after this step and save what was trained (marked incomplete)"))
+        self.cancel_button = qw.QPushButton("Cancel", clicked=self.cancel, toolTip=(
+            "End now and save nothing: the checkpoint stays as it was"))
+        self.loss_plot = LossPlot()
+        self.progress_label = qw.QLabel("")
+        self.status = qw.QLabel("Tag regions with the tag annotator, then fine-tune.")
+        self.status.setWordWrap(True)
+        layout = qw.QVBoxLayout(self)
+        layout.addLayout(form)
+        for widget in (self.resegment_check,
+                       row_of(self.run_button, self.stop_button, self.cancel_button),
+                       self.loss_plot, self.progress_label, self.status):
+            layout.addWidget(widget)
+        self._set_running(False)
+
+    def _browse(self, edit: qw.QLineEdit, pattern: str | None) -> None:
+        path = (qw.QFileDialog.getOpenFileName(self, "Choose", "", pattern)[0] if pattern
+                else qw.QFileDialog.getExistingDirectory(self, "Choose a folder"))
+        if path:
+            edit.setText(path)
+
+    def _refresh_images(self, event: Any = None) -> None:
+        names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
+        tagged = [n for n in names if _has_tags(self.viewer.layers[n])]
+        current = self.image_combo.currentText()
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        target = current if current in names else (tagged or names or [""])[0]
+        self.image_combo.setCurrentText(target)
+        if not self.checkpoint_edit.text():
+            recorded = [lyr.metadata.get("lpd_checkpoint") for lyr in self.viewer.layers
+                        if (lyr.metadata or {}).get("lpd_checkpoint")]
+            if recorded:  # the checkpoint the last segmentation used
+                self.checkpoint_edit.setText(str(recorded[-1]))
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.cancel_button.setEnabled(running)
+
+    # ---- running ---------------------------------------------------------------------
+    def run(self) -> RunHandle | None:
+        """Start fine-tuning with the current settings (problems: a notification)."""
+        if self.handle is not None and self.handle.running:
+            show_info("Fine-tuning is already running.")
+            return None
+        try:
+            job = self._job()
+        except (InputError, OSError) as exc:
+            notify_error(exc, "Fine-tuning")
+            return None
+        self.result = None
+        self._stop.clear()
+        self.loss_plot.clear()
+        self.progress_label.setText("")
+        self.status.setText("Starting…")
+        self._set_running(True)
+        self.handle = run_in_worker(
+            job, description="LPD fine-tuning", total=lambda v: v[1].total,
+            done=lambda v: v[1].step, describe=lambda v: v[0],
+            on_yield=self._on_progress, on_return=self._on_done,
+            on_error=self._on_error, on_finish=self._on_finish)
+        return self.handle
+
+    def _job(self) -> Any:
+        """Check the settings here (GUI thread) and return the worker's generator maker."""
+        layer = self.viewer.layers[self.image_combo.currentText()] \
+            if self.image_combo.currentText() in self.viewer.layers else None
+        image = tagged_image(layer)
+        if image is None:
+            raise InputError(None, "choose an image layer opened from a file, with tags")
+        store = TagStore.load(image.path, image_size=image.size)
+        if not store.tagged():
+            raise InputError(store.sidecar, "no tagged regions: draw rectangles or pick grid "
+                             "cells with the tag annotator and tick their classes")
+        text = self.checkpoint_edit.text().strip()
+        checkpoint = Path(text).expanduser() if text else None
+        if checkpoint is not None and not checkpoint.is_file():
+            raise InputError(checkpoint, "checkpoint not found")
+        extra = self.extra_edit.text().strip() or None
+        out = self.output_edit.text().strip() or None
+        options = dict(steps=self.steps_spin.value(), batch_size=self.batch_spin.value(),
+                       lr=self.lr_spin.value(), extra_data_folder=extra, out_path=out,
+                       device=self.device_combo.currentText(), train=self.train_config,
+                       should_stop=self._stop.is_set)
+        self._image_layer = layer
+
+        def job() -> Any:
+            base = checkpoint
+            if base is None:  # the default model, trained on first use
+                base = default_checkpoint_path()
+                if not is_cached():
+                    for p in train_default_model(device=options["device"]):
+                        yield "Training the default model (first use)", p
+            with opened_pixels(layer) as (pixels, mpp):
+                result = yield from _tagged(fine_tune(base, store, pixels, mpp=mpp, **options))
+            return result
+
+        return job
+
+    def stop(self) -> None:
+        """End after the current step and save what was trained (marked incomplete)."""
+        self._stop.set()
+        self.status.setText("Stopping after this step; the partial model will be saved…")
+
+    def cancel(self) -> None:
+        """End now and save nothing."""
+        if self.handle is not None and self.handle.running:
+            self.handle.cancel()
+            self.status.setText("Cancelling…")
+
+    def _on_progress(self, values: list) -> None:
+        stage, last = values[-1]
+        tuning = [p for s, p in values if s == "LPD fine-tuning"]
+        if tuning:
+            self.loss_plot.append([p.step for p in tuning], [p.loss for p in tuning])
+        self.progress_label.setText(f"{stage}: step {last.step}/{last.total} · loss "
+                                    f"{last.loss:.4f} · ETA {_eta(last.eta)}")
+
+    def _on_done(self, result: FineTuneResult) -> None:
+        self.result = result
+        ended = "done" if result.completed else f"stopped at step {result.steps_done}"
+        self.status.setText(f"Fine-tuning {ended}; saved {result.checkpoint}.")
+        for note in result.notes:
+            show_info(note)
+        if result.checkpoint is None:
+            return
+        self.checkpoint_edit.setText(str(result.checkpoint))  # the next run continues it
+        self.finished_checkpoint.emit(str(result.checkpoint))
+        if self.resegment_check.isChecked():
+            self.resegment(result.checkpoint)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Failed: {exc}")
+        notify_error(exc, "Fine-tuning")
+
+    def _on_finish(self, handle: RunHandle) -> None:
+        self._set_running(False)
+        if handle.cancelled:
+            self.status.setText("Cancelled: nothing was saved; the checkpoint is unchanged.")
+
+    # ---- re-segmentation ---------------------------------------------------------------
+    def segment_widget(self) -> Any:
+        """A SegmentWidget of this viewer, if one is open."""
+        try:
+            from napari_lpd.widgets.segment import SegmentWidget
+        except ImportError:
+            return None
+        found = [w for w in qw.QApplication.allWidgets()
+                 if isinstance(w, SegmentWidget) and getattr(w, "viewer", None) is self.viewer]
+        return found[0] if found else None
+
+    def resegment(self, checkpoint: str | Path) -> RunHandle | None:
+        """Segment the current view with ``checkpoint`` so the change is visible."""
+        layer, seg = self._image_layer, self.segment_widget()
+        if seg is not None and _segment_via(seg, checkpoint, layer):
+            return getattr(seg, "handle", None)
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        region = view_region(layer)
+
+        def job() -> Any:
+            from lpd.infer.tiled import plan_tiled, predict_tiled
+
+            model = load_checkpoint(checkpoint)
+            with opened_pixels(layer) as (pixels, mpp):
+                plan = plan_tiled(model, pixels, region=region, mpp=mpp, halo=_halo(model))
+                if plan.shape[0] * plan.shape[1] > MAX_VIEW_PIXELS:
+                    raise InputError(None, "the view is too large to re-segment here: zoom "
+                                     "in, or use the segment widget")
+                result = yield from predict_tiled(
+                    model, pixels, region=region, mpp=mpp, halo=_halo(model),
+                    device=self.device_combo.currentText())
+            return result
+
+        def show(result: Any) -> None:
+            scale, translate = grid_transform(layer.scale, layer.translate,
+                                              result.plan.scale, result.plan.offset)
+            upsert_layer(self.viewer, result.labels, {
+                "name": FINETUNED_LABELS, "scale": scale, "translate": translate,
+                "units": tuple(layer.units), "colormap": class_colormap(), "opacity": 0.6,
+                "metadata": {"lpd_checkpoint": str(checkpoint)}}, "labels")
+
+        return run_in_worker(job, description="LPD segmentation (fine-tuned)",
+                             total=lambda p: p.total, done=lambda p: p.done, on_return=show,
+                             on_error=lambda exc: notify_error(exc, "Re-segmentation"))
+
+
+def _tagged(gen: Any) -> Any:
+    """Yield ``("LPD fine-tuning", progress)`` for each step of ``gen``; return its value."""
+    while True:
+        try:
+            progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            yield "LPD fine-tuning", progress
+        except GeneratorExit:
+            gen.close()  # Cancel: fine_tune saves nothing
+            raise
+
+
+def _has_tags(layer: Any) -> bool:
+    path = layer_file(layer)
+    return path is not None and sidecar_path(path).exists()
+
+
+def _segment_via(seg: Any, checkpoint: str | Path, layer: Any) -> bool:
+    """Ask the segment widget to segment the view with ``checkpoint``; False if it cannot
+    (then the caller segments the view itself)."""
+    try:
+        if "checkpoint" in inspect.signature(seg.run).parameters:
+            seg.run(checkpoint=str(checkpoint), scope="view")
+            return True
+        seg.set_checkpoint(checkpoint)
+        if layer is not None and seg.image_combo.findText(layer.name) >= 0:
+            seg.image_combo.setCurrentText(layer.name)
+        seg.scope_combo.setCurrentText("Current view")
+        return seg.run() is not None
+    except Exception:  # another widget's problem must not lose the fine-tuned result
+        log.warning("the segment widget could not re-segment the view", exc_info=True)
+        return False

@@ -1,0 +1,381 @@
+"""Segment widget: pick image, model, device and scope; run tiled LPD inference in a worker
+with live tiles, a progress bar, Cancel, and a class legend.
+
+Layers (one per image layer, replaced by a rerun): ``LPD labels [<image>]``. The Run click
+turns the previous result (or a new layer) into ``... (running)``; tiles are painted into
+it as they finish (a preview of at most ``PREVIEW_MAX`` px a side, memory bounded; one
+repaint per throttled update). When the run completes, the layer becomes the result read
+from its zarr store (in memory up to 4096² px, else its lazy pyramid in a new layer). A
+cancelled or failed run removes it: nothing half-done stays on screen looking like a
+result (the store stays in the cache; the same run started again resumes from its
+finished chunks). Deleting the widget mid-run cancels the run and removes the layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lpd.default_model import is_cached
+from lpd.errors import InputError
+from lpd.infer.device import available_devices
+from lpd.io.checkpoint import read_checkpoint_metadata
+from napari_lpd._layers import (
+    LABELS_OPACITY,
+    RUNNING,
+    class_colormap,
+    grid_transform,
+    image_source,
+    labels_name,
+    remove_layers,
+    run_key,
+    shape_region,
+    store_labels_layer,
+    upsert_layer,
+    visible_region,
+    watch_layers,
+)
+from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd.widgets._segment_job import (
+    JobEvent,
+    Preview,
+    SegmentOutcome,
+    SegmentRequest,
+    prune_runs,
+    runs_dir,
+    segment_job,
+)
+from napari_lpd.widgets.legend import LegendWidget
+
+DEFAULT_MODEL = "Default model"
+CHECKPOINT_FILE = "Checkpoint file…"
+SCOPES = ("Current view", "Whole image", "Selected shape")
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: segment the current view, the whole image or a drawn shape."""
+
+    run_finished = Signal(object)  # the result Labels layer
+
+    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.handle: RunHandle | None = None
+        self.outcome: SegmentOutcome | None = None
+        self.preview: Preview | None = None
+        self._preview_layer: Labels | None = None
+        self._image: Image | None = None
+        self._build()
+        # the layer being painted; if the widget is deleted mid-run (dock closed), the
+        # preview layer goes too (a closure: the widget itself is gone by then)
+        running: list[str] = []
+        self._running_name = running
+        self.destroyed.connect(lambda *_: remove_layers(viewer, list(running)))
+        watch_layers(viewer, self._refresh_layers)
+        self._refresh_layers()
+
+    # ---- construction ---------------------------------------------------------------
+    def _build(self) -> None:
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        form.addRow("Image", self.image_combo)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([DEFAULT_MODEL, CHECKPOINT_FILE])
+        self.model_combo.currentTextChanged.connect(self._model_changed)
+        form.addRow("Model", self.model_combo)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("a .safetensors checkpoint")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        self._checkpoint_row = QWidget()
+        self._checkpoint_row.setLayout(row)
+        row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Checkpoint", self._checkpoint_row)
+        self.model_note = QLabel()
+        self.model_note.setWordWrap(True)
+        form.addRow("", self.model_note)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        form.addRow("Device", self.device_combo)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(SCOPES)
+        self.scope_combo.currentTextChanged.connect(self._scope_changed)
+        form.addRow("Scope", self.scope_combo)
+        self.shapes_combo = QComboBox()
+        form.addRow("Shapes layer", self.shapes_combo)
+        self.prototypes_check = QCheckBox("Compute prototype maps")
+        self.prototypes_check.setChecked(True)
+        form.addRow("", self.prototypes_check)
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.legend = LegendWidget()
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.legend)
+        layout.addStretch(1)
+        self._model_changed(DEFAULT_MODEL)
+        self._scope_changed(SCOPES[0])
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        for combo, kind in ((self.image_combo, Image), (self.shapes_combo, Shapes)):
+            current = combo.currentText()
+            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+
+    def _model_changed(self, text: str) -> None:
+        default = text == DEFAULT_MODEL
+        self._checkpoint_row.setEnabled(not default)
+        if default:
+            self.model_note.setText(
+                "Default model: cached, ready." if is_cached() else
+                "Default model: not trained yet; the first run trains it on the bundled "
+                "tiles (a few minutes, shown with its own progress; cancellable).")
+        else:
+            self.model_note.setText("")
+
+    def _scope_changed(self, text: str) -> None:
+        self.shapes_combo.setEnabled(text == "Selected shape")
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "LPD checkpoint", "",
+                                              "LPD checkpoints (*.safetensors)")
+        if path:
+            self.set_checkpoint(path)
+
+    def set_checkpoint(self, path: str | Path | None) -> None:
+        """Use a checkpoint file (None: the default model)."""
+        if path is None:
+            self.model_combo.setCurrentText(DEFAULT_MODEL)
+            return
+        self.model_combo.setCurrentText(CHECKPOINT_FILE)
+        self.checkpoint_edit.setText(str(path))
+
+    # ---- running --------------------------------------------------------------------
+    def _request(self) -> SegmentRequest:
+        layer = self.viewer.layers[self.image_combo.currentText()] \
+            if self.image_combo.currentText() in self.viewer.layers else None
+        if not isinstance(layer, Image):
+            raise InputError(None, "choose an image layer to segment (open a slide first)")
+        checkpoint = None
+        if self.model_combo.currentText() == CHECKPOINT_FILE:
+            text = self.checkpoint_edit.text().strip()
+            if not text:
+                raise InputError(None, "choose a checkpoint file, or the default model")
+            checkpoint = Path(text).expanduser()
+            read_checkpoint_metadata(checkpoint)  # a bad file fails here, clearly
+        scope = self.scope_combo.currentText()
+        region = None
+        if scope == "Current view":
+            region = visible_region(layer, self.viewer)
+            if region is None:
+                show_info("The view has not been drawn yet: segmenting the whole image.")
+        elif scope == "Selected shape":
+            name = self.shapes_combo.currentText()
+            if name not in self.viewer.layers:
+                raise InputError(None, "draw a rectangle or polygon in a Shapes layer first")
+            try:
+                region = shape_region(self.viewer.layers[name], layer)
+            except ValueError as exc:
+                raise InputError(None, str(exc)) from None
+        image, mpp, source = image_source(layer)
+        ck = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
+        prototypes = self.prototypes_check.isChecked()
+        key = run_key(source or (layer.name, id(layer.data)), region, ck, prototypes)
+        self._image = layer
+        return SegmentRequest(
+            image=image, mpp=mpp, region=region, checkpoint=checkpoint,
+            device=self.device_combo.currentText(), prototypes=prototypes,
+            store=runs_dir() / f"{key}.zarr", resume=bool(source),
+        )
+
+    def run(self) -> RunHandle | None:
+        """Start a segmentation with the current settings (errors: a notification)."""
+        if self.handle is not None and self.handle.running:
+            show_info("A segmentation is already running; cancel it first.")
+            return None
+        try:
+            request = self._request()
+        except (InputError, OSError) as exc:
+            notify_error(exc, "Segmentation")
+            return None
+        assert self._image is not None
+        self._open_preview_layer()  # at the click: adding a layer costs napari ~0.3 s
+        self.outcome = None
+        self.legend.clear_counts("running…")
+        self.status.setText("Starting…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.handle = run_in_worker(
+            lambda: segment_job(request),
+            description="LPD segmentation",
+            total=lambda e: e.total, done=lambda e: e.done, describe=_describe,
+            on_yield=self._on_events, on_return=self._on_done, on_error=self._on_error,
+            on_finish=self._on_finish, owner=self,
+        )
+        return self.handle
+
+    def cancel(self) -> None:
+        if self.handle is not None and self.handle.running:
+            self.status.setText("Cancelling (within one batch)…")
+            self.handle.cancel()
+
+    # ---- GUI-thread callbacks (throttled by run_in_worker) --------------------------
+    def _on_events(self, events: list[JobEvent]) -> None:
+        painted = False
+        for event in events:
+            if event.plan is not None:
+                self._start_preview(event)
+            if event.tiles and self.preview is not None:
+                for y, x, labels in event.tiles:
+                    self.preview.paint(y, x, labels)
+                painted = True
+        if painted and self._preview_layer is not None:
+            _repaint(self._preview_layer)  # one repaint per throttled update
+        self.status.setText(events[-1].text)
+
+    def _open_preview_layer(self) -> None:
+        """The layer the run paints into: the previous result's layer when it can be
+        reused (a rerun replaces, never piles up), else a new, empty one."""
+        image = self._image
+        assert image is not None
+        name = labels_name(image.name)
+        self._running_name[:] = [name + RUNNING]
+        old = self.viewer.layers[name] if name in self.viewer.layers else None
+        remove_layers(self.viewer, [name + RUNNING])
+        placeholder = np.zeros((1, 1), np.uint8)
+        if isinstance(old, Labels) and not old.multiscale:
+            old.data = placeholder
+            old.metadata = {"lpd_complete": False}
+            old.name = name + RUNNING
+            self._preview_layer = old
+            return
+        remove_layers(self.viewer, [name])
+        self._preview_layer = upsert_layer(self.viewer, placeholder, {
+            "name": name + RUNNING, "scale": tuple(image.scale[-2:]),
+            "translate": tuple(image.translate[-2:]), "units": tuple(image.units),
+            "colormap": class_colormap(), "opacity": LABELS_OPACITY,
+            "metadata": {"lpd_complete": False},
+        }, "labels")
+
+    def _start_preview(self, event: JobEvent) -> None:
+        """A new output grid: size the preview layer to it (no new layer mid-run)."""
+        assert event.plan is not None and self._image is not None
+        plan = event.plan
+        self.preview = Preview(plan.shape)
+        scale, translate = grid_transform(self._image.scale, self._image.translate,
+                                          plan.scale, plan.offset, self.preview.factor)
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers:  # the user deleted it
+            self._open_preview_layer()
+            layer = self._preview_layer
+        assert layer is not None
+        layer.data = self.preview.data
+        layer.scale, layer.translate = scale, translate
+
+    def _on_done(self, outcome: SegmentOutcome) -> None:
+        assert self._image is not None
+        self.outcome = outcome
+        image = self._image
+        name = labels_name(image.name)
+        data, meta, kind = store_labels_layer(outcome.store, name, image.scale, image.translate,
+                                              in_memory=outcome.labels)
+        meta["units"] = tuple(image.units)
+        meta["metadata"].update({
+            "lpd_image": image.name, "lpd_k": outcome.k,
+            "lpd_prototypes": outcome.store.prototypes is not None,
+            "lpd_image_scale": tuple(float(s) for s in image.scale[-2:]),
+            "lpd_image_translate": tuple(float(t) for t in image.translate[-2:]),
+            "lpd_checkpoint": str(outcome.checkpoint),
+            "lpd_counts": [int(c) for c in outcome.counts],
+        })
+        layer = self._preview_layer
+        if not meta["multiscale"] and layer is not None and layer in self.viewer.layers:
+            layer.data = data  # the preview layer becomes the result: no new layer
+            layer.scale, layer.translate = meta["scale"], meta["translate"]
+            layer.metadata = meta["metadata"]
+            layer.name = name
+        else:  # a large result: its lazy pyramid replaces the preview
+            layer = upsert_layer(self.viewer, data, meta, kind, replace=[name + RUNNING])
+        self._preview_layer, self.preview = None, None
+        store = outcome.store
+        self.legend.set_classes(store.class_names, store.class_colours)
+        self.legend.set_counts(outcome.counts, store.mpp)
+        h, w = store.shape
+        rate = outcome.forward_passes / outcome.elapsed if outcome.elapsed > 0 else 0.0
+        self.status.setText(f"Done: {w}×{h} px, {outcome.forward_passes} model passes in "
+                            f"{outcome.elapsed:.1f} s ({rate:.1f} tiles/s).")
+        keep = {Path(lyr.metadata["lpd_store"]) for lyr in self.viewer.layers
+                if isinstance(lyr, Labels) and lyr.metadata.get("lpd_store")}
+        prune_runs(keep)
+        self.run_finished.emit(layer)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._drop_preview()
+        self.status.setText(f"Failed: {exc}")
+        self.legend.clear_counts()
+        notify_error(exc, "Segmentation")
+
+    def _on_finish(self, handle: RunHandle) -> None:
+        self._running_name.clear()
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if handle.cancelled:
+            self._drop_preview()
+            self.legend.clear_counts("cancelled")
+            self.status.setText("Cancelled: the partial result was discarded. Run again with "
+                                "the same settings to resume from the finished chunks.")
+
+    def _drop_preview(self) -> None:
+        if self._image is not None:
+            remove_layers(self.viewer, [labels_name(self._image.name) + RUNNING])
+        self._preview_layer, self.preview = None, None
+
+
+def _repaint(layer: Labels) -> None:
+    """Re-read the layer's data for display, without the thumbnail and extent work a
+    full refresh does (the extent is unchanged; the thumbnail is redone at the end)."""
+    try:
+        layer.refresh(thumbnail=False, extent=False, highlight=False)
+    except TypeError:  # napari < 0.5: no keyword arguments
+        layer.refresh()
+
+
+def _describe(event: JobEvent) -> str:
+    return {"training": "Training the default LPD model", "plan": "LPD segmentation",
+            "tiles": "LPD segmentation", "pyramid": "LPD: label pyramid",
+            "areas": "LPD: class areas"}.get(event.stage, "LPD")

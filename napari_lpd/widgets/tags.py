@@ -1,0 +1,398 @@
+"""Tag annotator: rectangles or grid cells of an image, with the classes present in each.
+
+The image's ``lpd.data.tags.TagStore`` is the truth, mirrored by the "LPD tags" Shapes layer
+(feature ``region_id``). Each change is saved at once to the sidecar beside the image, whose
+tags show again when the image is opened. Grid mode: click cells of one model patch."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_info, show_warning
+from qtpy import QtWidgets as qw
+from qtpy.QtCore import QSignalBlocker
+
+from lpd.classes import CLASS_COLOURS, CLASS_LONG_NAMES, CLASS_NAMES
+from lpd.data.slide import open_slide
+from lpd.data.tags import TagStore, cell_size, grid_cells, iter_export, sidecar_path
+from lpd.errors import InputError
+from napari_lpd._layers import image_shape, image_source, visible_region
+from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+
+TAGS_LAYER, GRID_LAYER = "LPD tags", "LPD tag grid"
+MAX_GRID_CELLS = 3000  # a Shapes layer with many more cells gets slow to draw
+_DONE_ACTIONS = ("added", "removed", "changed")  # not the "...ing" events of a drag
+_UNTAGGED = (0.6, 0.6, 0.6, 1.0)
+
+
+@dataclass
+class TaggedImage:
+    layer: Image
+    path: Path  # the image file (the sidecar goes beside it)
+    size: tuple[int, int]  # level-0 (height, width)
+    mpp: float | None
+
+
+def layer_file(layer: Any) -> Path | None:
+    """The file a layer came from: our reader's ``lpd_path``, else ``layer.source.path``."""
+    path = (getattr(layer, "metadata", None) or {}).get("lpd_path") or getattr(
+        getattr(layer, "source", None), "path", None)
+    return Path(path) if path else None
+
+
+def tagged_image(layer: Any) -> TaggedImage | None:
+    path = layer_file(layer) if isinstance(layer, Image) else None
+    return path and TaggedImage(layer, path, image_shape(layer), image_source(layer)[1])
+
+
+@contextlib.contextmanager
+def opened_pixels(layer: Image) -> Iterator[tuple[Any, float | None]]:
+    """(image for lpd, µm/px): our reader's slide file reopened lazily (never napari's
+    file handle; closed at the end), else the layer's own arrays."""
+    image, mpp, _ = image_source(layer)
+    with open_slide(image, mpp=mpp) if isinstance(image, Path) else \
+            contextlib.nullcontext(image) as pixels:
+        yield pixels, mpp
+
+
+def view_region(layer: Image) -> tuple[int, int, int, int] | None:
+    """The visible part of a layer (x, y, w, h, level-0 px); None: unknown (whole image)."""
+    try:
+        return visible_region(layer)
+    except (ValueError, IndexError):  # napari_lpd._layers.visible_region fails on RGB
+        return None
+
+
+def _rectangle(bbox: tuple[int, int, int, int]) -> np.ndarray:
+    x, y, w, h = bbox
+    return np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float)
+
+
+class TagAnnotatorWidget(qw.QWidget):
+    """Dock widget: tag regions of an image with the classes present in them."""
+
+    image: TaggedImage | None = None
+    store: TagStore | None = None
+    shapes: Shapes | None = None  # "LPD tags"
+    grid: Shapes | None = None  # "LPD tag grid"
+    _syncing = False  # True while we change the shapes ourselves
+
+    def __init__(self, viewer: Any, parent: qw.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._build()
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
+        self._refresh_images()
+
+    def _build(self) -> None:
+        form = qw.QFormLayout()
+        self.image_combo = qw.QComboBox(currentTextChanged=self.set_image)
+        form.addRow("Image", self.image_combo)
+        self.patch_spin = qw.QSpinBox(minimum=16, maximum=4096, value=224, suffix=" px")
+        self.mpp_spin = qw.QDoubleSpinBox(
+            minimum=0.0, maximum=100.0, decimals=3, value=0.5, suffix=" µm/px",
+            specialValueText="full resolution", toolTip="Magnification of grid cells and "
+            "exported patches (the default model's: 0.5 µm/px)")
+        form.addRow("Patch", row_of(self.patch_spin, self.mpp_spin))
+        self.draw_button = qw.QPushButton("Draw rectangle", clicked=self.start_rectangle)
+        self.grid_button = qw.QPushButton("Grid cells", checkable=True, toggled=self.set_grid)
+        self.class_boxes: dict[str, qw.QCheckBox] = {}
+        for name in CLASS_NAMES:
+            box = self.class_boxes[name] = qw.QCheckBox(name)
+            r, g, b = CLASS_COLOURS[name]  # a chip of the class colour, with readable text
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "white"
+            box.setStyleSheet(f"QCheckBox {{ background: rgb({r},{g},{b}); color: {ink}; "
+                              "border-radius: 3px; padding: 1px 4px }")
+            box.setToolTip(f"{CLASS_LONG_NAMES[name]}: present in the selected region(s)")
+            box.toggled.connect(lambda on, n=name: self._class_toggled(n, on))
+        self.table = qw.QTableWidget(0, 3, minimumHeight=120, editTriggers=(
+            qw.QAbstractItemView.EditTrigger.NoEditTriggers))
+        self.table.setHorizontalHeaderLabels(["Region", "Classes", "Box (x, y, w, h)"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.export_button = qw.QPushButton("Export training folder…",
+                                            clicked=lambda: self.export_to())
+        self.status = qw.QLabel(wordWrap=True)
+        layout = qw.QVBoxLayout(self)
+        layout.addLayout(form)
+        for widget in (row_of(self.draw_button, self.grid_button),
+                       row_of(*self.class_boxes.values()), self.table, self.export_button,
+                       self.status):
+            layout.addWidget(widget)
+
+    def _refresh_images(self, prefer: str | None = None) -> None:
+        names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
+        target = next((n for n in (prefer, self.image_combo.currentText()) if n in names),
+                      names[0] if names else "")
+        with QSignalBlocker(self.image_combo):
+            self.image_combo.clear()
+            self.image_combo.addItems(names)
+            self.image_combo.setCurrentText(target)
+        if self.image is None or target != self.image.layer.name:
+            self.set_image(target or None)
+
+    def _on_inserted(self, event: Any) -> None:
+        if isinstance(event.value, Image):
+            path = layer_file(event.value)
+            has_tags = path is not None and sidecar_path(path).exists()
+            self._refresh_images(event.value.name if has_tags or self.image is None else None)
+
+    def _on_removed(self, event: Any) -> None:
+        self.shapes = None if event.value is self.shapes else self.shapes
+        if isinstance(event.value, Image):
+            self._refresh_images()
+
+    def set_image(self, layer: Image | str | None) -> None:
+        """Show (and edit) the tags of an image layer; None: no image."""
+        if isinstance(layer, str):
+            layer = self.viewer.layers[layer] if layer in self.viewer.layers else None
+        self.grid_button.setChecked(False)
+        self.image, self.store = tagged_image(layer), None
+        if self.image is None:
+            self.status.setText(f"{layer.name!r} has no file to keep tags beside." if layer
+                                else "Choose an image opened from a file.")
+        else:
+            path, size = self.image.path, self.image.size
+            try:
+                self.store = TagStore.load(path, image_size=size)
+            except InputError as exc:
+                notify_error(exc, "Loading tags")  # kept as .bak when new tags are saved
+                self.store = TagStore(path, image_size=size)
+            for warning in self.store.warnings:
+                show_warning(f"{path.name}: {warning}")
+        self._rebuild_shapes()
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Our own changes to the shapes are not user edits: ``_on_data`` ignores them."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    def _rebuild_shapes(self) -> None:
+        if self.image is None or self.store is None:
+            if self.shapes is not None and self.shapes in self.viewer.layers:
+                self.viewer.layers.remove(self.shapes)
+            return self._refresh_table()
+        layer, regions = self.image.layer, self.store.regions
+        with self._quiet():
+            if self.shapes is None or self.shapes not in self.viewer.layers:
+                self.shapes = Shapes(
+                    name=TAGS_LAYER, ndim=2, edge_width=max(2.0, min(self.image.size) / 400),
+                    features={"region_id": np.zeros(0, int), "label": np.zeros(0, object)},
+                    feature_defaults={"region_id": -1, "label": ""},
+                    text={"string": "{label}", "color": "white", "size": 10,
+                          "anchor": "upper_left"})
+                self.shapes.events.data.connect(self._on_data)
+                self.shapes.selected_data.events.items_changed.connect(self._on_selection)
+            self.shapes.selected_data = set()
+            self.shapes.data = []
+            for attr in ("scale", "translate", "units"):  # on the image, in its units
+                setattr(self.shapes, attr, getattr(layer, attr)[-2:])
+            if self.shapes not in self.viewer.layers:
+                self.viewer.layers.append(self.shapes)
+            if regions:
+                self.shapes.add_rectangles([_rectangle(r.bbox) for r in regions])
+        self._restyle([r.id for r in regions])
+        self.status.setText(f"{len(regions)} region(s), saved in {self.store.sidecar.name}.")
+        return None
+
+    def _on_data(self, event: Any) -> None:
+        if not self._syncing and str(getattr(event, "action", "")) in _DONE_ACTIONS:
+            self.sync_from_layer()
+
+    def sync_from_layer(self) -> None:
+        """Take the shapes as they are (drawn, moved, resized, deleted) into the store."""
+        if self.shapes is None or self.store is None:
+            return
+        ids = self.shapes.features["region_id"].to_numpy()
+        known = {r.id: r for r in self.store.regions}
+        ticked = [n for n, box in self.class_boxes.items() if box.isChecked()]
+        kept, changed = [], False
+        for i, vertices in enumerate(self.shapes.data):
+            (y0, x0), (y1, x1) = np.min(vertices, axis=0), np.max(vertices, axis=0)
+            bbox = (x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
+            rid = int(ids[i]) if i < len(ids) and not pd.isna(ids[i]) else -1
+            if rid in known and rid not in kept:
+                before = known[rid].bbox
+                changed |= self.store.update(rid, bbox=bbox).bbox != before
+            else:  # a new shape: a new region with the ticked classes
+                rid, changed = self.store.add(bbox, ticked).id, True
+            kept.append(rid)
+        for region in [r for r in self.store.regions if r.id not in kept]:
+            self.store.remove(region.id)
+            changed = True
+        self._restyle(kept)
+        if changed:
+            self._save()
+
+    def _restyle(self, ids: list[int] | None = None) -> None:
+        """The shapes' region ids (default: as they are), colours and texts; the table."""
+        if self.shapes is not None and self.store is not None:
+            ids = [int(i) for i in self.shapes.features["region_id"]] if ids is None else ids
+            known = {r.id: r for r in self.store.regions}
+            regions = [known.get(i) for i in ids]
+            labels = ["+".join(r.classes) if r and r.classes else "untagged" for r in regions]
+            edges = np.array([(*(np.array(CLASS_COLOURS[r.classes[0]]) / 255), 1.0)
+                              if r and r.classes else _UNTAGGED for r in regions]).reshape(-1, 4)
+            with self._quiet():
+                self.shapes.features = pd.DataFrame({"region_id": ids, "label": labels})
+                if ids:
+                    self.shapes.edge_color = edges
+                    self.shapes.face_color = np.concatenate([edges[:, :3], edges[:, 3:] * 0.15], 1)
+        self._refresh_table()
+
+    def _refresh_table(self) -> None:
+        regions = self.store.regions if self.store is not None else []
+        self.table.setRowCount(len(regions))
+        for row, r in enumerate(regions):
+            for col, text in enumerate((r.id, " ".join(r.classes) or "—", str(r.bbox)[1:-1])):
+                self.table.setItem(row, col, qw.QTableWidgetItem(str(text)))
+
+    def _save(self) -> None:
+        store: TagStore = self.store  # type: ignore[assignment]
+        backup = store.last_backup
+        try:
+            path = store.save()
+        except InputError as exc:
+            return notify_error(exc, "Saving tags")
+        if store.last_backup not in (None, backup):
+            show_warning(f"The unreadable old tag file was kept as {store.last_backup}")
+        self.status.setText(f"{len(store.regions)} region(s), saved in {path.name}.")
+        return None
+
+    def selected_ids(self) -> list[int]:
+        if self.shapes is None or self.store is None:
+            return []
+        ids = self.shapes.features["region_id"].to_numpy()
+        known = {r.id for r in self.store.regions}
+        return [int(ids[i]) for i in sorted(self.shapes.selected_data) if ids[i] in known]
+
+    def _on_selection(self, event: Any = None) -> None:
+        """The class boxes show the selection's classes (ticked: all selected have it)."""
+        regions = [self.store.region(i) for i in self.selected_ids()] if self.store else []
+        for name, box in self.class_boxes.items() if regions else ():
+            with QSignalBlocker(box):
+                box.setChecked(all(name in r.classes for r in regions))
+
+    def _class_toggled(self, name: str, on: bool) -> None:
+        """Add or remove one class on every selected region (their other classes stay)."""
+        ids = self.selected_ids()
+        for rid in ids:
+            classes = set(self.store.region(rid).classes)  # type: ignore[union-attr]
+            self.store.update(rid, classes=(classes | {name}) if on else (classes - {name}))  # type: ignore[union-attr]
+        if ids:
+            self._restyle()
+            self._save()
+
+    def select_regions(self, ids: list[int]) -> None:
+        if self.shapes is not None:
+            rows = self.shapes.features["region_id"].to_numpy()
+            self.shapes.selected_data = {i for i, r in enumerate(rows) if int(r) in set(ids)}
+
+    def start_rectangle(self) -> None:
+        if self.shapes is None:
+            return show_info("Choose an image opened from a file first.")
+        self.grid_button.setChecked(False)
+        self.viewer.layers.selection.active, self.shapes.mode = self.shapes, "add_rectangle"
+        return None
+
+    def cell(self) -> int:
+        """Level-0 px of one grid cell: one model patch at the chosen magnification."""
+        return cell_size(self.patch_spin.value(), self.mpp_spin.value() or None,
+                         self.image.mpp if self.image is not None else None)
+
+    def set_grid(self, enabled: bool) -> None:
+        """Show the grid over the visible part of the image (at most MAX_GRID_CELLS)."""
+        grid, self.grid, cell = self.grid, None, self.cell()
+        if grid is not None and grid in self.viewer.layers:
+            self.viewer.layers.remove(grid)
+        cells = grid_cells(self.image.size, cell, view_region(self.image.layer)) \
+            if enabled and self.image is not None else []
+        if len(cells) > MAX_GRID_CELLS:
+            show_info(f"{len(cells)} grid cells in view: zoom in (at most {MAX_GRID_CELLS}).")
+        if not 0 < len(cells) <= MAX_GRID_CELLS:
+            return self.grid_button.setChecked(False)
+        layer = self.image.layer  # type: ignore[union-attr]
+        self.grid = Shapes([_rectangle(c) for c in cells], shape_type="rectangle",
+                           name=GRID_LAYER, scale=layer.scale[-2:], units=layer.units[-2:],
+                           translate=layer.translate[-2:], edge_width=max(1.0, cell / 40),
+                           edge_color=[1, 1, 1, 0.7], face_color=[0, 0, 0, 0])
+        self.grid.mouse_drag_callbacks.append(self._grid_drag)
+        self.viewer.layers.append(self.grid)
+        self.viewer.layers.selection.active = self.grid
+        self.status.setText("Grid: click cells to tag them, then tick their classes.")
+        return None
+
+    def _grid_drag(self, layer: Shapes, event: Any) -> Any:
+        """A click (press and release without moving) picks a cell; a drag pans."""
+        start, moved = np.asarray(event.position), False
+        yield
+        while event.type == "mouse_move":
+            moved = moved or bool(np.any(np.asarray(event.position) != start))
+            yield
+        if not moved:
+            y, x = layer.world_to_data(start)[-2:]
+            self.select_cell(float(x), float(y))
+
+    def select_cell(self, x: float, y: float) -> int | None:
+        """Select the grid cell at level-0 (x, y): its region if it has one, else a new
+        region with the ticked classes. Returns the region id (None outside the image)."""
+        if self.image is None or self.store is None or self.shapes is None:
+            return None
+        cells = grid_cells(self.image.size, self.cell(), (x, y, 1, 1))
+        if not cells:
+            return None
+        rid = next((r.id for r in self.store.regions if r.bbox == cells[0]), None)
+        if rid is None:
+            ticked = [n for n, box in self.class_boxes.items() if box.isChecked()]
+            rid = self.store.add(cells[0], ticked, source="grid").id
+            ids = [int(i) for i in self.shapes.features["region_id"]] + [rid]
+            with self._quiet():
+                self.shapes.add_rectangles([_rectangle(cells[0])])
+            self._restyle(ids)
+            self._save()
+        self.select_regions([rid])
+        return rid
+
+    def export_to(self, folder: str | Path | None = None) -> RunHandle | None:
+        """Write the tagged regions' patches as ``folder/train/*.png`` (None: ask)."""
+        if self.image is None or self.store is None or not self.store.tagged():
+            show_info("Nothing to export: tick at least one class for a region.")
+            return None
+        folder = folder or qw.QFileDialog.getExistingDirectory(self, "Export training folder")
+        if not folder:
+            return None
+        store, layer = self.store, self.image.layer
+        options = {"patch_size": self.patch_spin.value(),
+                   "target_mpp": self.mpp_spin.value() or None}
+
+        def job() -> Any:
+            with opened_pixels(layer) as (image, mpp):
+                return (yield from iter_export(store, image, folder, mpp=mpp, **options))
+
+        self.export_button.setEnabled(False)
+        return run_in_worker(
+            job, description="Exporting tagged patches", total=lambda v: v[1],
+            done=lambda v: v[0], on_error=lambda e: notify_error(e, "Export"),
+            on_return=lambda files: self.status.setText(
+                f"Exported {len(files)} patches to {Path(folder) / 'train'}."),
+            on_finish=lambda handle: self.export_button.setEnabled(True))
+
+
+def row_of(*widgets: qw.QWidget) -> qw.QWidget:
+    row = qw.QWidget()
+    layout = qw.QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return row

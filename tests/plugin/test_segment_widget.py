@@ -1,0 +1,231 @@
+"""Segment widget in a real viewer: run, live preview, rerun replaces, cancel, errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers_segment import small_he, tiny_checkpoint, wait_for
+
+from napari_lpd._layers import RUNNING, labels_name, visible_region
+from napari_lpd.widgets.segment import Preview, SegmentWidget
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LPD_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on 2 busy cores collapse (DESIGN.md)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return tiny_checkpoint(tmp_path)
+
+
+def make_widget(make_napari_viewer, checkpoint, image=None, **image_kwargs):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_he() if image is None else image, name="HE", rgb=True,
+                     **image_kwargs)
+    widget = SegmentWidget(viewer)
+    widget.set_checkpoint(checkpoint)
+    widget.scope_combo.setCurrentText("Whole image")
+    return viewer, widget
+
+
+def test_segment_whole_image(make_napari_viewer, qtbot, checkpoint) -> None:
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, scale=(0.5, 0.5),
+                                 units=("µm", "µm"))
+    seen = []
+    widget.run_finished.connect(seen.append)
+    handle = widget.run()
+    assert handle is not None
+    wait_for(qtbot, handle)
+    name = labels_name("HE")
+    assert [layer.name for layer in viewer.layers] == ["HE", name]
+    labels = viewer.layers[name]
+    assert seen == [labels]
+    assert labels.data.shape == (192, 256) and labels.data.dtype == np.uint8
+    assert labels.metadata["lpd_complete"] and labels.metadata["lpd_k"] == 2
+    assert np.allclose(labels.scale, (0.5, 0.5))  # on top of the image, in µm
+    assert str(labels.units[0]) == "micrometer"
+    assert labels.data.max() > 0
+    percents = widget.legend.percentages()
+    assert all(p.endswith("%") for p in percents)
+    total = sum(float(p.split()[0]) for p in percents)
+    assert abs(total - 100) < 0.5
+    assert widget.status.text().startswith("Done"), widget.status.text()
+
+
+def test_rerun_replaces_layers(make_napari_viewer, qtbot, checkpoint) -> None:
+    viewer, widget = make_widget(make_napari_viewer, checkpoint)
+    widget.prototypes_check.setChecked(False)
+    for _ in range(2):
+        wait_for(qtbot, widget.run())
+    assert [layer.name for layer in viewer.layers] == ["HE", labels_name("HE")]
+
+
+def test_cancel_leaves_no_complete_looking_layer(make_napari_viewer, qtbot, checkpoint):
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((512, 512)))
+    handle = widget.run()
+    qtbot.waitUntil(lambda: labels_name("HE") + RUNNING in viewer.layers, timeout=30_000)
+    widget.cancel()
+    wait_for(qtbot, handle)
+    assert handle.cancelled
+    assert [layer.name for layer in viewer.layers] == ["HE"]
+    assert "Cancelled" in widget.status.text()
+    assert widget.run_button.isEnabled()
+
+
+def test_bad_checkpoint_is_a_notification(make_napari_viewer, qtbot, tmp_path,
+                                          monkeypatch) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    viewer, widget = make_widget(make_napari_viewer, bad)
+    shown = []
+    monkeypatch.setattr("napari_lpd._workers.show_error", shown.append)
+    assert widget.run() is None
+    assert len(shown) == 1 and "bad.safetensors" in shown[0]
+    assert [layer.name for layer in viewer.layers] == ["HE"]
+
+
+def test_preview_sampling() -> None:
+    preview = Preview((10, 10), max_side=5)
+    assert preview.factor == 2 and preview.data.shape == (5, 5)
+    tile = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    preview.paint(4, 4, tile)
+    # output pixels 5 and 7 (the middle of 2-px blocks) land on preview pixels 2 and 3
+    assert preview.data[2:4, 2:4].tolist() == [[5, 7], [13, 15]]
+
+
+def test_current_view_segments_what_the_canvas_shows(make_napari_viewer, qtbot,
+                                                      checkpoint) -> None:
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(small_he((512, 512)), name="HE", rgb=True)
+    widget = SegmentWidget(viewer)
+    widget.set_checkpoint(checkpoint)
+    widget.prototypes_check.setChecked(False)
+    assert widget.scope_combo.currentText() == "Current view"  # the default scope
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9: viewer.scene.camera
+    camera = scene.camera if scene is not None else viewer.camera
+    camera.center = (100, 150)
+    camera.zoom = 4
+    qtbot.waitUntil(lambda: image.corner_pixels[1, 0] < 400, timeout=5000)
+    x, y, w, h = visible_region(image, viewer)
+    canvas_h, canvas_w = viewer.canvas.size
+    # the canvas shows canvas/zoom data pixels around the camera centre
+    assert w == pytest.approx(canvas_w / 4, abs=2) and h == pytest.approx(canvas_h / 4, abs=2)
+    assert x == pytest.approx(150 - canvas_w / 8, abs=1) and y == pytest.approx(100 - canvas_h / 8, abs=1)
+    # napari's own corner pixels agree
+    assert visible_region(image) == pytest.approx((x, y, w, h), abs=3)
+    wait_for(qtbot, widget.run())
+    store = widget.outcome.store
+    assert store.shape == (h, w) and store.offset == (x, y)
+    labels = viewer.layers[labels_name("HE")]
+    assert labels.translate[0] == pytest.approx(y) and labels.translate[1] == pytest.approx(x)
+
+
+def test_selected_shape_scope(make_napari_viewer, qtbot, checkpoint) -> None:
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((256, 320)),
+                                 scale=(0.5, 0.5))
+    widget.prototypes_check.setChecked(False)
+    shapes = viewer.add_shapes([[[10, 20], [60, 20], [60, 90], [10, 90]]], name="ROI")
+    shapes.selected_data = {0}
+    widget.scope_combo.setCurrentText("Selected shape")
+    widget.shapes_combo.setCurrentText("ROI")
+    wait_for(qtbot, widget.run())
+    # the rectangle (world µm) covers image pixels y 20..120, x 40..180
+    assert widget.outcome.store.offset == (40, 20)
+    assert widget.outcome.store.shape == (100, 140)
+
+
+def test_default_model_is_trained_first_with_its_own_progress(
+    make_napari_viewer, qtbot, checkpoint, monkeypatch
+) -> None:
+    import shutil
+    import time
+
+    from lpd.default_model import default_checkpoint_path
+    from napari_lpd import _workers
+    from napari_lpd.widgets import _segment_job
+
+    def fake_training(device):  # stands in for the minutes-long real one
+        for step in range(1, 4):
+            time.sleep(0.05)
+            yield SimpleNamespace(step=step, total=3, loss=1.0 / step, eta=3 - step)
+        path = default_checkpoint_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(checkpoint, path)
+        return path
+
+    bars = []
+    real_progress = _workers.progress
+
+    def recording_progress(**kwargs):
+        bars.append(kwargs["desc"])
+        return real_progress(**kwargs)
+
+    monkeypatch.setattr(_segment_job, "train_default_model", fake_training)
+    monkeypatch.setattr(_workers, "progress", recording_progress)
+    viewer, widget = make_widget(make_napari_viewer, checkpoint)
+    widget.set_checkpoint(None)
+    assert "not trained yet" in widget.model_note.text()
+    wait_for(qtbot, widget.run())
+    assert bars[0] == "Training the default LPD model" and "LPD segmentation" in bars
+    assert default_checkpoint_path().is_file()
+    assert labels_name("HE") in viewer.layers
+
+
+def test_cancel_during_default_training_writes_no_model(
+    make_napari_viewer, qtbot, checkpoint, monkeypatch
+) -> None:
+    import time
+
+    from lpd.default_model import default_checkpoint_path
+    from napari_lpd.widgets import _segment_job
+
+    def slow_training(device):
+        for step in range(1, 200):
+            time.sleep(0.05)
+            yield SimpleNamespace(step=step, total=200, loss=1.0, eta=10)
+        raise AssertionError("not reached: cancelled before")
+
+    monkeypatch.setattr(_segment_job, "train_default_model", slow_training)
+    viewer, widget = make_widget(make_napari_viewer, checkpoint)
+    widget.set_checkpoint(None)
+    handle = widget.run()
+    qtbot.waitUntil(lambda: "Training" in widget.status.text(), timeout=10_000)
+    widget.cancel()
+    wait_for(qtbot, handle)
+    assert handle.cancelled and not default_checkpoint_path().exists()
+    assert [layer.name for layer in viewer.layers] == ["HE"]
+
+
+def test_visible_region_of_a_multiscale_layer_is_in_level0_pixels() -> None:
+    from napari.layers import Image
+
+    levels = [np.zeros((4000, 6000, 3), np.uint8), np.zeros((2000, 3000, 3), np.uint8)]
+    layer = Image(levels, rgb=True, multiscale=True, scale=(0.5, 0.5))
+    camera = SimpleNamespace(center=(500.0, 1000.0), zoom=2.0)
+    viewer = SimpleNamespace(canvas=SimpleNamespace(size=(400, 600)),
+                             scene=SimpleNamespace(camera=camera))
+    # 400 x 600 screen px at zoom 2 = 200 x 300 µm = 400 x 600 level-0 px around (1000, 2000);
+    # pixels cut by the edge count (+1)
+    assert visible_region(layer, viewer) == (1700, 800, 601, 401)
+    camera.center = (-5000.0, -5000.0)  # looking away from the image
+    assert visible_region(layer, viewer) is None
+
+
+def test_closing_the_widget_mid_run_cancels_quietly(make_napari_viewer, qtbot, checkpoint):
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((512, 512)))
+    handle = widget.run()
+    qtbot.waitUntil(lambda: labels_name("HE") + RUNNING in viewer.layers, timeout=30_000)
+    widget.deleteLater()  # as when the viewer closes with the dock widget in it
+    qtbot.waitUntil(lambda: handle.orphaned, timeout=5_000)
+    wait_for(qtbot, handle)  # no callback touches the deleted widget (pytest-qt would fail)
+    assert handle.cancelled and handle.failed is None
+    assert [layer.name for layer in viewer.layers] == ["HE"]  # no orphaned partial layer
