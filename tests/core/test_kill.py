@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_models import PassCounter
 
 from lpd.data.synthetic import synthetic_tissue
 from lpd.data.tags import TagStore
@@ -119,23 +120,6 @@ def test_sigkill_while_saving_tags(tmp_path) -> None:
         assert n >= saved + 1 and n >= int(seen[-1].split()[1]) + 1
         saved = n
         assert _user_files(tmp_path) == ["slide.svs", "slide.svs.lpd-tags.json"]
-
-
-class PassCounter:
-    def __init__(self, model) -> None:
-        self.model, self.n = model, 0
-        self._forward = model.forward
-
-    def __enter__(self) -> PassCounter:
-        def counted(x):
-            self.n += x.shape[0]
-            return self._forward(x)
-
-        self.model.forward = counted
-        return self
-
-    def __exit__(self, *exc) -> None:
-        del self.model.forward
 
 
 @pytest.fixture(scope="module")

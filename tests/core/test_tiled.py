@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import torch
+from helpers_models import PassCounter
 
 from lpd.data.sample import sample_path
 from lpd.data.synthetic import synthetic_tissue
@@ -48,25 +49,6 @@ def small_model():
     """Input 96 (halo 16: tiles of 64), so the mechanics tests need cheap forward passes."""
     torch.manual_seed(1)
     return create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
-
-
-class PassCounter:
-    """Counts forward passes (images, not batches) of a model."""
-
-    def __init__(self, model) -> None:
-        self.model, self.n = model, 0
-        self._forward = model.forward
-
-    def __enter__(self) -> PassCounter:
-        def counted(x):
-            self.n += x.shape[0]
-            return self._forward(x)
-
-        self.model.forward = counted
-        return self
-
-    def __exit__(self, *exc) -> None:
-        del self.model.forward
 
 
 def single_pass(model, image: np.ndarray) -> torch.Tensor:
