@@ -2,7 +2,7 @@
 
 A 10 ms QTimer records the gaps between its ticks while the Segment widget runs over the
 whole bundled CMU-1 slide region (live Labels updates on: tiles painted into the preview
-layer, throttled to one repaint per 250 ms). Prints the median / p95 / max gap and the
+layer, throttled to one repaint per 500 ms). Prints the median / p95 / max gap and the
 tiles/s of that run, next to the tiles/s of the same ``predict_tiled`` call without GUI
 (same image, model, store, torch thread count; the CLI's layout: the main thread drives the
 generator), and the ratio.

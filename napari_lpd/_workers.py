@@ -3,7 +3,7 @@
 The compute generator (e.g. ``lpd.infer.tiled.predict_tiled``) yields progress per tile
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
-call per 250 ms (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
+call per 500 ms (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
 the activity dock follows them, updated in the same throttled call (DESIGN.md: per-batch
 progress updates cost 15-25 % throughput).
 
@@ -34,9 +34,11 @@ from qtpy.QtCore import QTimer
 
 from lpd.errors import LPDError
 
-# DESIGN.md (GUI facts): repainting big textures costs 30-50 ms under software GL, so
-# GUI-side updates are coalesced to one per 250 ms.
-UPDATE_INTERVAL_S = 0.25
+# DESIGN.md (GUI facts): a repaint costs 30-50 ms under software GL, so GUI-side updates
+# are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide, 2
+# cores): one update per 250 ms gave tick gaps p95 22-23 ms and 0.82 of the CLI's tiles/s;
+# one per 500 ms gave p95 18-20 ms and 0.86.
+UPDATE_INTERVAL_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ log = logging.getLogger(__name__)
 # frames/s. Under software OpenGL (Xvfb/llvmpipe, remote desktops) every frame recomposites
 # the window with its GL canvas, ~30 ms each: measured here, the event loop's median tick
 # gap went from 10 ms to 38-40 ms with an idle worker. While our jobs run the GIF is slowed
-# to ~2 frames/s (found through public Qt API; it still moves, the bar still updates).
-ACTIVITY_GIF_SPEED = 5  # percent of normal speed while our jobs run
+# to a frame every 3 s (found through public Qt API; the bar itself still updates).
+ACTIVITY_GIF_SPEED = 1  # percent of normal speed while our jobs run (a frame per 3 s)
 _running_jobs = [0]
 
 
@@ -130,7 +132,7 @@ def run_in_worker(
     owner: Any = None,
 ) -> RunHandle:
     """Start ``make_generator()`` in a thread. ``on_yield`` receives the values yielded
-    since the last GUI update (a list, never empty), at most every 250 ms; the last
+    since the last GUI update (a list, never empty), at most every 500 ms; the last
     batch is always flushed before ``on_return``. ``total``/``done`` read the progress
     bar's figures from a yielded value, ``describe`` its text (a new text or total, e.g. a
     new stage, restarts the bar). ``on_return`` is skipped after a cancel; ``on_error``

@@ -131,15 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     segment.prototypes_check.setChecked(True)
     viewer.reset_view()
 
-    # 1. live tiles while a whole-image run goes
+    # 1. live tiles while a whole-image run goes (shot at about half way)
     handle = segment.run()
-    while handle.running and "Tiles" not in segment.status.text():
-        settle(viewer, 0.1)
     t0 = time.monotonic()
-    while handle.running and time.monotonic() - t0 < 60:
+    while handle.running and time.monotonic() - t0 < 600:
         settle(viewer, 0.2)
-        done = segment.status.text()
-        if done.startswith("Tiles") and _fraction(done) >= 0.45:
+        bar = handle.bar
+        if bar is not None and bar.desc == "LPD segmentation" and bar.n >= 0.45 * bar.total:
             break
     if handle.running:
         shoot(viewer, args.out / "segment_running.png")
@@ -189,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     shoot(viewer, args.out / "mosaic_vs_truth.png", canvas_only=True)
     viewer.theme = "dark"
     grid.enabled = False
+    truth.opacity = prediction.opacity = 0.6
+    viewer.reset_view()
 
     # 7. export widget after an export
     export = ExportWidget(viewer)
@@ -198,18 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     truth.visible = False
     wait(export.export())
     shoot(viewer, args.out / "export.png")
+    shutil.rmtree(export.folder_edit.text(), ignore_errors=True)
     viewer.close()
     for store in set(runs_dir().glob("*.zarr")) - before:  # this script's runs only
         shutil.rmtree(store, ignore_errors=True)
     return 0
-
-
-def _fraction(text: str) -> float:
-    try:
-        done, total = text.split()[1].rstrip(",").split("/")
-        return int(done) / int(total)
-    except (IndexError, ValueError):
-        return 0.0
 
 
 if __name__ == "__main__":
