@@ -280,16 +280,6 @@ def remove_layers(viewer: Any, names: Sequence[str]) -> None:
 
 
 # ---- small pure helpers -----------------------------------------------------------------
-def class_counts(labels: Any, num_classes: int, band: int = 512) -> np.ndarray:
-    """Pixel count per label value 0..num_classes of a 2-D array-like, read in row bands
-    (a zarr array is never loaded whole)."""
-    counts = np.zeros(num_classes + 1, np.int64)
-    for y in range(0, int(labels.shape[0]), band):
-        block = np.asarray(labels[y : y + band])
-        counts += np.bincount(block.ravel(), minlength=num_classes + 1)[: num_classes + 1]
-    return counts
-
-
 def dominant_prototype(labels: np.ndarray, protos: np.ndarray, k: int) -> np.ndarray:
     """Per cell, 1 + the index of the strongest of the k prototypes of the cell's class
     (labels 1..C, class-major prototype rows); 0 where the label is background."""

@@ -22,8 +22,9 @@ from lpd.default_model import cache_dir, default_checkpoint_path, is_cached, tra
 from lpd.errors import InputError
 from lpd.infer.tiled import TilePlan, plan_tiled, predict_tiled
 from lpd.io.checkpoint import load_checkpoint
+from lpd.io.export import class_areas
 from lpd.io.store import OutputStore
-from napari_lpd._layers import IN_MEMORY_MAX, class_counts
+from napari_lpd._layers import IN_MEMORY_MAX
 
 MAX_STORES = 8  # finished or cancelled runs kept in the cache (oldest removed first)
 # px a side of the live preview: each repaint re-slices, colours and uploads it whole, so
@@ -140,7 +141,7 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
     store = result.store
     assert store is not None  # a store path was given
     yield JobEvent("areas", 0, 1, "Measuring class areas")
-    counts = class_counts(store.labels, len(store.class_names), band=store.chunk)
+    counts = np.array([row["pixels"] for row in class_areas(store)], np.int64)
     h, w = store.shape
     labels = np.asarray(store.labels[...]) if h * w <= IN_MEMORY_MAX else None
     return SegmentOutcome(store, plan, counts, model.k, Path(checkpoint),

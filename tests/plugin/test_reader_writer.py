@@ -132,3 +132,15 @@ def test_manifest_menus_and_widgets() -> None:
     assert "napari-lpd.segment" in {i.command for i in menus["napari/layers/segment"]}
     readers = manifest.contributions.readers[0].filename_patterns
     assert {"*.svs", "*.ome.tif", "*.ndpi", "*.zarr", "*.png", "*.jpg"} <= set(readers)
+
+
+def test_nct_mosaic_sample_has_image_and_exact_ground_truth() -> None:
+    from napari_lpd._sample_data import MOSAIC_SIZE, nct_mosaic_layers
+
+    [(rgb, image_meta, image_kind), (labels, labels_meta, labels_kind)] = nct_mosaic_layers()
+    assert (image_kind, labels_kind) == ("image", "labels")
+    assert rgb.shape == (MOSAIC_SIZE, MOSAIC_SIZE, 3) and labels.shape == rgb.shape[:2]
+    assert set(np.unique(labels).tolist()) == {0, 1, 2, 3, 4}  # every class, and background
+    assert image_meta["scale"] == labels_meta["scale"] == (0.5, 0.5)
+    assert labels_meta["colormap"].map(np.array([4]))[0][:3] * 255 == pytest.approx(
+        CLASS_COLOURS["NEC"], abs=1)
