@@ -14,6 +14,7 @@ from typing import Any
 from lpd.data.slide import open_slide
 from lpd.io.store import OutputStore
 from napari_lpd._layers import (
+    IN_MEMORY_MAX,
     LABELS_OPACITY,
     LayerData,
     class_colormap,
@@ -26,7 +27,6 @@ from napari_lpd._layers import (
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".png", ".jpg", ".jpeg")
 #: ``"lpd": "labels"`` in the JSON description marks a label TIFF of lpd.io.export.
 LABELS_TIFF_MARKER = "labels"
-IN_MEMORY_MAX = 4096 * 4096
 
 ReaderFunction = Callable[[Any], list[LayerData]]
 

@@ -3,7 +3,7 @@
 The compute generator (e.g. ``lpd.infer.tiled.predict_tiled``) yields progress per tile
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
-call per 500 ms (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
+call per second (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
 the activity dock follows them, updated in the same throttled call (DESIGN.md: per-batch
 progress updates cost 15-25 % throughput).
 
@@ -21,6 +21,9 @@ traceback and reported by type and message)."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -34,13 +37,34 @@ from qtpy.QtCore import QTimer
 
 from lpd.errors import LPDError
 
-# DESIGN.md (GUI facts): a repaint costs 30-50 ms under software GL, so GUI-side updates
-# are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide, 2
-# cores): one update per 250 ms gave tick gaps p95 22-23 ms and 0.82 of the CLI's tiles/s;
-# one per 500 ms gave p95 18-20 ms and 0.86.
-UPDATE_INTERVAL_S = 0.5
+# DESIGN.md (GUI facts): a window repaint costs 40-70 ms under software GL, so GUI-side
+# updates are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide,
+# 2 cores, compute at nice 10, idle machine): one update per 500 ms gave tick gaps p95
+# 16-18 ms and 0.77 of the CLI's tiles/s; one per second p95 13 ms and 0.84.
+UPDATE_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
+
+# Compute runs at a lower CPU priority than the GUI thread: on the 2-core machine here the
+# torch threads otherwise take the cores the event loop needs, and with it the whole Segment
+# run measured 0.68-0.77 of the CLI's tiles/s with 100-130 ms tick gaps while tiles were
+# painted; at nice 10, 0.81 and at most 64 ms (benchmarks/gui_responsiveness.py).
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
+    """Give the calling thread (and every thread it starts from now on: torch's OpenMP
+    team, lpd's reader thread) the Linux nice value ``nice``, so the GUI thread wins the
+    CPU whenever it has work. Elsewhere, or when refused, nothing happens. An unprivileged
+    process cannot raise it back: the worker thread stays low-priority until Qt's thread
+    pool retires it (30 s idle), which is what background work wants anyway."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+    except OSError:
+        log.debug("could not lower the worker thread's priority", exc_info=True)
 
 # napari animates a "loading" GIF in the status bar while any progress bar exists, at 33
 # frames/s. Under software OpenGL (Xvfb/llvmpipe, remote desktops) every frame recomposites
@@ -91,6 +115,7 @@ class RunHandle:
     orphaned: bool = False  # its owner widget was deleted: no callback runs any more
     _pending: list = field(default_factory=list)
     _gen: Generator | None = None
+    _bar_text: str = ""  # the bar's description as given (tqdm's ``desc`` adds ": ")
 
     def cancel(self) -> None:
         """Stop at the next yield (within one batch); nothing more is painted."""
@@ -132,10 +157,10 @@ def run_in_worker(
     owner: Any = None,
 ) -> RunHandle:
     """Start ``make_generator()`` in a thread. ``on_yield`` receives the values yielded
-    since the last GUI update (a list, never empty), at most every 500 ms; the last
+    since the last GUI update (a list, never empty), at most once a second; the last
     batch is always flushed before ``on_return``. ``total``/``done`` read the progress
     bar's figures from a yielded value, ``describe`` its text (a new text or total, e.g. a
-    new stage, restarts the bar). ``on_return`` is skipped after a cancel; ``on_error``
+    new stage, resets the one bar). ``on_return`` is skipped after a cancel; ``on_error``
     (default: a notification) gets exceptions raised by the generator; ``on_finish`` is
     called last in every case. ``owner``: a QObject (the widget); when it is deleted (the
     viewer closed mid-run) the job is cancelled and none of the callbacks runs again."""
@@ -143,6 +168,7 @@ def run_in_worker(
 
     def work() -> Generator[Any, None, Any]:  # a generator function: napari then makes
         handle = handle_box[0]  # a GeneratorWorker
+        lower_thread_priority()
         try:
             gen = handle._gen = make_generator()
             while not handle.cancelled:
@@ -175,11 +201,14 @@ def run_in_worker(
             n_total = int(total(latest))
             text = describe(latest) if describe is not None else description
             bar = handle.bar
-            if bar is None or bar.total != n_total or bar.desc != text:
-                if bar is not None:
-                    bar.close()
+            if bar is None:
                 handle.bar = progress(total=n_total, desc=text)
                 _slow_activity_gif(True)
+            elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
+                # bar (a new napari progress bar costs 30-120 ms of GUI time; measured)
+                bar.total = n_total
+                bar.set_description(text)
+            handle._bar_text = text
         if handle.bar is not None and done is not None:
             handle.bar.n = int(done(latest))
             handle.bar.refresh()
@@ -260,6 +289,11 @@ def run_in_worker(
 
         owner.destroyed.connect(orphan)
     _running_jobs[0] += 1
+    if total is not None:  # the bar appears at the click (a new napari progress bar costs
+        # 30-120 ms of GUI time: better there than as a stall in the middle of the run)
+        handle.bar = progress(total=1, desc=description)  # 0 would animate: repaints
+        handle._bar_text = description
+        _slow_activity_gif(True)
     if start:
         worker.start()
     return handle

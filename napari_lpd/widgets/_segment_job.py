@@ -29,7 +29,7 @@ from napari_lpd._layers import IN_MEMORY_MAX
 MAX_STORES = 8  # finished or cancelled runs kept in the cache (oldest removed first)
 # px a side of the live preview: each repaint re-slices, colours and uploads it whole, so
 # its cost grows with its pixels (2048² is a quarter of DESIGN.md's 4096² probe)
-PREVIEW_MAX = 2048
+PREVIEW_MAX = 4096
 
 
 class Preview:

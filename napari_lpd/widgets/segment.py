@@ -5,7 +5,8 @@ Layers (one per image layer, replaced by a rerun): ``LPD labels [<image>]``. The
 turns the previous result (or a new layer) into ``... (running)``; tiles are painted into
 it as they finish (a preview of at most ``PREVIEW_MAX`` px a side, memory bounded; one
 repaint per throttled update). When the run completes, the layer becomes the result read
-from its zarr store (in memory up to 4096² px, else its lazy pyramid in a new layer). A
+from its zarr store (in memory up to 4096² px, else its lazy pyramid in a new layer); a
+full-resolution preview already is the result, so the end costs no re-slice. A
 cancelled or failed run removes it: nothing half-done stays on screen looking like a
 result (the store stays in the cache; the same run started again resumes from its
 finished chunks). Deleting the widget mid-run cancels the run and removes the layer."""
@@ -267,7 +268,7 @@ class SegmentWidget(QWidget):
         if painted and self._preview_layer is not None:
             _repaint(self._preview_layer)  # one repaint per throttled update
         event = events[-1]
-        if event.stage != "tiles" or event.plan is not None:
+        if event.stage in ("plan", "training"):  # the short end stages: the bar only
             self.status.setText(event.text)
         elif not self.status.text().startswith("Tiles"):
             # counts go to the progress bar only: a label that changes twice a second
@@ -311,8 +312,13 @@ class SegmentWidget(QWidget):
             self._open_preview_layer()
             layer = self._preview_layer
         assert layer is not None
+        # the transform first, while the data is small; each setter re-slices the layer
+        # (~15 ms under software GL), so only what changed is set
+        if not np.allclose(layer.scale, scale):
+            layer.scale = scale
+        if not np.allclose(layer.translate, translate):
+            layer.translate = translate
         layer.data = self.preview.data
-        layer.scale, layer.translate = scale, translate
 
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None
@@ -332,8 +338,17 @@ class SegmentWidget(QWidget):
         })
         layer = self._preview_layer
         if not meta["multiscale"] and layer is not None and layer in self.viewer.layers:
-            layer.data = data  # the preview layer becomes the result: no new layer
-            layer.scale, layer.translate = meta["scale"], meta["translate"]
+            # the preview layer becomes the result (no new layer); its transform first,
+            # while the data is still the preview
+            preview = self.preview
+            same_grid = np.allclose(layer.scale, meta["scale"]) and np.allclose(
+                layer.translate, meta["translate"])
+            if not same_grid:  # a preview coarser than the result
+                layer.scale, layer.translate = meta["scale"], meta["translate"]
+            if same_grid and preview is not None and np.array_equal(preview.data, data):
+                _refresh_thumbnail(layer)  # painted in full already: nothing to upload
+            else:
+                layer.data = data
             layer.metadata = meta["metadata"]
             layer.name = name
         else:  # a large result: its lazy pyramid replaces the preview
@@ -378,6 +393,14 @@ def _repaint(layer: Labels) -> None:
     full refresh does (the extent is unchanged; the thumbnail is redone at the end)."""
     try:
         layer.refresh(thumbnail=False, extent=False, highlight=False)
+    except TypeError:  # napari < 0.5: no keyword arguments
+        layer.refresh()
+
+
+def _refresh_thumbnail(layer: Labels) -> None:
+    """The layer-list thumbnail of a layer whose displayed data is already current."""
+    try:
+        layer.refresh(data_displayed=False, extent=False, highlight=False)
     except TypeError:  # napari < 0.5: no keyword arguments
         layer.refresh()
 

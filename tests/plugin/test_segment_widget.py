@@ -165,9 +165,11 @@ def test_default_model_is_trained_first_with_its_own_progress(
     bars = []
     real_progress = _workers.progress
 
-    def recording_progress(**kwargs):
+    def recording_progress(**kwargs):  # one bar per run; a new stage renames it
         bars.append(kwargs["desc"])
-        return real_progress(**kwargs)
+        bar = real_progress(**kwargs)
+        bar.events.description.connect(lambda event: bars.append(event.value))
+        return bar
 
     monkeypatch.setattr(_segment_job, "train_default_model", fake_training)
     monkeypatch.setattr(_workers, "progress", recording_progress)
@@ -175,7 +177,9 @@ def test_default_model_is_trained_first_with_its_own_progress(
     widget.set_checkpoint(None)
     assert "not trained yet" in widget.model_note.text()
     wait_for(qtbot, widget.run())
-    assert bars[0] == "Training the default LPD model" and "LPD segmentation" in bars
+    training = bars.index("Training the default LPD model")
+    assert "LPD segmentation" in bars[training:]  # training first, then segmenting
+    assert len([b for b in bars if b == "Training the default LPD model"]) == 1
     assert default_checkpoint_path().is_file()
     assert labels_name("HE") in viewer.layers
 
