@@ -58,6 +58,20 @@ def test_cli_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_parallel_runs_score_the_same_as_one_at_a_time(tmp_path: Path) -> None:
+    scores = {}
+    for jobs in ("1", "2"):  # 2: each run in a spawned process, as on a 2-core CPU
+        out = tmp_path / f"jobs{jobs}.json"
+        assert main(["bench", "accuracy", "--json", str(out), "--configs", "a_cam,e_div",
+                     "--seeds", "1", "--inference-sweep", "none", "--jobs", jobs, *TINY]) == 0
+        report = json.loads(out.read_text())
+        assert report["complete"] and report["settings"]["jobs"] == int(jobs)
+        assert f"{jobs} run(s) at a time" in report["budget"]
+        scores[jobs] = [(r["config"], r["seed"], r["scores"]) for r in report["runs"]]
+    assert [s[:2] for s in scores["2"]] == [("a_cam", 0), ("e_div", 0)]  # task order
+    assert scores["1"] == scores["2"]
+
+
 def test_shared_tiles_are_refused_or_flagged(tmp_path: Path) -> None:
     test = tmp_path / "test"
     shutil.copytree(NCT_TILES, test)

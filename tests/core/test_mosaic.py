@@ -56,7 +56,8 @@ def test_tile_folder_errors_name_the_folder(tmp_path):
     assert mosaic.rgb.shape == (64, 64, 3)
 
 
-def test_labels_and_tags_agree(generator):
+def test_labels_and_tags_agree(kather):
+    generator = MosaicGenerator(kather, size=224, seed=0, ignore_glass=False)
     min_pixels = generator.min_pixels
     for i in range(60):
         rgb, labels, tags = generator[i]
@@ -73,7 +74,8 @@ def test_labels_and_tags_agree(generator):
         assert tags.sum() >= 1  # always some tissue
 
 
-def test_background_present_in_some_mosaics(generator):
+def test_background_present_in_some_mosaics(kather):
+    generator = MosaicGenerator(kather, size=224, seed=0, ignore_glass=False)
     with_bg = sum(bool((generator[i].labels == 0).any()) for i in range(40))
     assert 5 <= with_bg <= 38
     # background regions are white glass or OTHER tissue: paler than tissue on average
@@ -82,8 +84,30 @@ def test_background_present_in_some_mosaics(generator):
 
 
 def test_no_background_when_disabled(kather):
-    gen = MosaicGenerator(kather, size=96, seed=1, background_fraction=0.0)
+    gen = MosaicGenerator(kather, size=96, seed=1, background_fraction=0.0, ignore_glass=False)
     assert all((gen[i].labels > 0).all() for i in range(20))
+
+
+def test_glass_inside_a_tissue_tile_is_not_scored_as_its_class():
+    # the nct TUM tile is half glass: those pixels get label 0, the region keeps its tag
+    nct = TileFolder(NCT_TILES)
+    plain = MosaicGenerator(nct, size=224, seed=3, background_fraction=0.0, ignore_glass=False)
+    aware = MosaicGenerator(nct, size=224, seed=3, background_fraction=0.0)
+    tum = 1 + list(nct.class_names).index("TUM")
+    tum_pixels, tum_dropped, other_dropped = 0, 0, 0
+    for i in range(30):
+        a, b = plain[i], aware[i]
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.tags, b.tags)  # a region's tag stands for its tile
+        dropped = (a.labels > 0) & (b.labels == 0)
+        assert ((b.labels == a.labels) | dropped).all()  # only ever set to 0
+        if dropped.any():
+            assert a.rgb[dropped].min(axis=-1).mean() > 170  # pale: glass
+        tum_pixels += int((a.labels == tum).sum())
+        tum_dropped += int((dropped & (a.labels == tum)).sum())
+        other_dropped += int((dropped & (a.labels != tum)).sum())
+    assert tum_pixels > 0 and 0.25 < tum_dropped / tum_pixels < 0.75  # crops of a half-glass tile
+    assert other_dropped < 0.01 * 30 * 224 * 224  # the other nct tiles are all tissue
 
 
 def test_all_classes_and_several_regions_over_indices(generator):

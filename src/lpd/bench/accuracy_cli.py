@@ -45,7 +45,11 @@ def register(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="default 8")
     p.add_argument("--input-size", type=int,
                    help="patch side in pixels (default 224 on a GPU, 128 on the CPU)")
-    p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per run (default 1 on the CPU, 2 on a GPU)")
+    p.add_argument("--jobs", type=int,
+                   help="runs at a time, each in its own process (default: on the CPU one "
+                   "per core / threads, on a GPU 1)")
     p.add_argument("--backbone", help="timm backbone (default tf_efficientnet_lite0)")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone init")
     p.add_argument("--k", type=int, help="prototypes per class (default 10)")
@@ -84,7 +88,8 @@ def settings_from_args(args: argparse.Namespace):  # -> AccuracySettings
         s = quick_settings(s)
     overrides = {
         "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size,
-        "input_size": args.input_size, "threads": args.threads, "backbone": args.backbone,
+        "input_size": args.input_size, "threads": args.threads, "jobs": args.jobs,
+        "backbone": args.backbone,
         "k": args.k, "lr": args.lr, "warmup": args.warmup, "eval_mosaics": args.eval_mosaics,
     }
     changes = {k: v for k, v in overrides.items() if v is not None}
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     done = 0
     for event in bench.events():
-        tag = f"[{done + 1}/{runs} {event.config} seed {event.seed}]"
+        tag = f"[{event.config} seed {event.seed}; {done}/{runs} runs done]"
         if event.phase == "train":
             print(f"{tag} step {event.step}/{event.total}: {event.message}", flush=True)
         elif event.phase == "done":
