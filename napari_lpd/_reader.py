@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lpd.data.slide import open_slide
+from lpd.errors import InputError
 from lpd.io.store import OutputStore
 from napari_lpd._layers import (
     IN_MEMORY_MAX,
@@ -47,11 +48,21 @@ def _accepts(path: Path) -> bool:
 
 
 def read_paths(path: str | list[str]) -> list[LayerData]:
+    """napari's entry point. A file that cannot be read (``InputError``, ``OSError``: what
+    a user's file can cause) becomes a one-line error notification naming the file and the
+    problem, and the other files still open; napari would otherwise report it as a plugin
+    failure with a traceback button. ``[(None,)]``: napari's "read, nothing to add"."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []
     for p in paths:
-        layers.extend(read_path(Path(p)))
-    return layers
+        try:
+            layers.extend(read_path(Path(p)))
+        except (InputError, OSError) as exc:
+            from napari.utils.notifications import show_error
+
+            what = exc if isinstance(exc, InputError) else f"{p}: {exc.strerror or exc}"
+            show_error(f"Could not open {what}")  # InputError: "<path>: <problem>"
+    return layers or [(None,)]
 
 
 def read_path(path: Path) -> list[LayerData]:

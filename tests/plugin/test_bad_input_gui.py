@@ -79,20 +79,30 @@ def test_broken_checkpoint_in_the_segment_widget(make_napari_viewer, qtbot, tmp_
     assert [layer.name for layer in viewer.layers] == ["HE"]
 
 
-def test_truncated_slide_via_the_reader_names_the_file(make_napari_viewer, tmp_path) -> None:
+def test_truncated_slide_via_the_reader_names_the_file(make_napari_viewer, tmp_path,
+                                                       records) -> None:
     viewer = make_napari_viewer()
     path = tmp_path / "cut.svs"
     path.write_bytes(CMU_SLIDE.read_bytes()[:20_000])
-    with pytest.raises(Exception) as info:  # napari wraps the reader's error
-        viewer.open(str(path), plugin="napari-lpd")
-    chain, exc = [], info.value
-    while exc is not None:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    ours = [e for e in chain if isinstance(e, InputError)]
-    assert ours, [type(e).__name__ for e in chain]
-    assert "cut.svs" in str(ours[0]) and "truncated" in str(ours[0])
+    good = tmp_path / "good.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(good)
+    assert viewer.open(str(path), plugin="napari-lpd") == []  # no exception reaches napari
+    errors = [n for n in records if n.severity >= NotificationSeverity.ERROR]
+    assert len(errors) == 1 and getattr(errors[0], "exception", None) is None  # no traceback
+    message = str(errors[0].message)
+    assert "cut.svs" in message and "truncated" in message
     assert len(viewer.layers) == 0
+    # several files at once: the bad one is reported, the good one still opens
+    viewer.open([str(path), str(good)], plugin="napari-lpd", stack=False)
+    assert [layer.name for layer in viewer.layers] == ["good.png"]
+    assert sum("cut.svs" in str(n.message) for n in records) == 2
+    # the Python API still raises, naming the file
+    from napari_lpd._reader import read_path
+
+    with pytest.raises(InputError, match="cut.svs"):
+        read_path(path)
 
 
 @settings(max_examples=100, deadline=None)
