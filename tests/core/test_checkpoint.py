@@ -39,7 +39,7 @@ def test_overwrite_is_atomic(tmp_path: Path, model, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("lpd.io.checkpoint.save_file", broken)
+    monkeypatch.setattr("lpd._atomic.os.replace", broken)  # the new file is written, then
     with pytest.raises(OSError):
         save_checkpoint(path, model, {"v": 2})
     assert read_checkpoint_metadata(path)[1] == {"v": 1}

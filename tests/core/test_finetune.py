@@ -124,6 +124,36 @@ def test_cancel_writes_nothing_and_keeps_the_original(tagged, tiny, tmp_path: Pa
     assert sorted(p.name for p in tiny.parent.iterdir()) == ["tiny.safetensors"]
 
 
+def test_cancel_or_stop_at_random_points_is_consistent(tagged, tiny, tmp_path: Path) -> None:
+    """Cancel (close) after any number of steps, 0..all: nothing written, the original
+    untouched. Stop at any point: a whole checkpoint, marked complete only when it is."""
+    import random
+
+    store, rgb = tagged
+    before, steps, rng = _digest(tiny), 6, random.Random(11)
+    points = sorted({0, steps, *(rng.randint(1, steps - 1) for _ in range(3))})
+    for k in points:
+        out = tmp_path / f"cancel-{k}.safetensors"
+        gen = fine_tune(tiny, store, rgb, steps=steps, batch_size=2, train=FAST, out_path=out)
+        seen = [next(gen).step for _ in range(k)]
+        assert seen == list(range(1, k + 1))
+        gen.close()  # napari's Cancel, even after the last step: no checkpoint
+        assert not out.exists()
+    for k in points[1:]:
+        count: list = []  # progress reports so far
+        result = run_fine_tune(
+            fine_tune(tiny, store, rgb, steps=steps, batch_size=2, train=FAST,
+                      out_path=tmp_path / f"stop-{k}.safetensors",
+                      should_stop=lambda k=k, count=count: len(count) >= k),
+            count.append)
+        _, extra = read_checkpoint_metadata(result.checkpoint)
+        assert result.steps_done == extra["steps_done"] == k
+        assert extra["completed"] is result.completed is (k == steps)
+        load_checkpoint(result.checkpoint)  # whole and loadable
+    assert _digest(tiny) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
 def test_stop_saves_a_partial_checkpoint_marked_incomplete(tagged, tiny, tmp_path: Path) -> None:
     store, rgb = tagged
     steps: list[int] = []

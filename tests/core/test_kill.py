@@ -106,6 +106,10 @@ def test_sigkill_while_saving_a_checkpoint(tmp_path) -> None:
         load_checkpoint(path)  # weights readable too
         assert _user_files(tmp_path) == ["m.safetensors"]
         assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != path)
+    # the next save removes what killed writers left behind
+    from lpd.io.checkpoint import load_checkpoint, save_checkpoint
+    save_checkpoint(path, load_checkpoint(path), {"v": last + 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
 def test_sigkill_while_saving_tags(tmp_path) -> None:
@@ -120,6 +124,8 @@ def test_sigkill_while_saving_tags(tmp_path) -> None:
         assert n >= saved + 1 and n >= int(seen[-1].split()[1]) + 1
         saved = n
         assert _user_files(tmp_path) == ["slide.svs", "slide.svs.lpd-tags.json"]
+    TagStore.load(image).save()  # the next save removes what killed writers left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.svs", "slide.svs.lpd-tags.json"]
 
 
 @pytest.fixture(scope="module")

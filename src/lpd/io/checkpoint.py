@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 import lpd
-from lpd._atomic import atomic_path
+from lpd._atomic import atomic_write_bytes
 from lpd.config import ModelConfig
 from lpd.errors import CheckpointError
 from lpd.model.lpd_model import LPDModel
@@ -36,8 +36,9 @@ def save_checkpoint(
         "config": json.dumps(model.config.to_dict()),
         "extra": json.dumps(extra or {}),
     }
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    # serialised here and written by lpd._atomic: safetensors' save_file makes its own
+    # temp file, which a killed process would leave behind unnamed
+    atomic_write_bytes(path, safetensors_bytes(state, metadata=metadata))
     return path
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from lpd._atomic import atomic_path
+from lpd._atomic import atomic_write_bytes
 from lpd.errors import CheckpointError
 
 
@@ -31,8 +31,9 @@ def save_train_state(path: str | Path, optimizer: torch.optim.Optimizer, info: d
         "scalars": json.dumps(scalars),
         "info": json.dumps(info),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    # serialised here and written by lpd._atomic: safetensors' save_file makes its own
+    # temp file, which a killed process would leave behind unnamed
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 
 
 def load_train_state(path: str | Path, optimizer: torch.optim.Optimizer) -> dict:
