@@ -4,19 +4,18 @@ with live tiles, a progress bar, Cancel, and a class legend.
 Layers (one per image layer, replaced by a rerun): ``LPD labels [<image>]``. The Run click
 turns the previous result (or a new layer) into ``... (running)``; tiles are painted into
 it as they finish (a preview of at most ``PREVIEW_MAX`` px a side, memory bounded; one
-repaint per throttled update). When the run completes, the layer becomes the result read
-from its zarr store (in memory up to 4096² px, else its lazy pyramid in a new layer); a
-full-resolution preview already is the result, so the end costs no re-slice. A
-cancelled or failed run removes it: nothing half-done stays on screen looking like a
-result (the store stays in the cache; the same run started again resumes from its
-finished chunks). Deleting the widget mid-run cancels the run and removes the layer."""
+repaint per throttled update); when the run completes it becomes the result read from its
+zarr store (in memory up to 4096² px, else its lazy pyramid). ``_live_labels`` holds that
+layer's life. A cancelled or failed run removes it: nothing half-done stays on screen
+looking like a result (the store stays in the cache; the same run started again resumes
+from its finished chunks). Deleting the widget mid-run cancels the run and removes the
+layer. The job itself (``_segment_job``) runs in a napari worker at a lower CPU priority."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Signal
@@ -38,24 +37,17 @@ from lpd.errors import InputError
 from lpd.infer.device import available_devices
 from lpd.io.checkpoint import read_checkpoint_metadata
 from napari_lpd._layers import (
-    LABELS_OPACITY,
-    RUNNING,
-    class_colormap,
-    grid_transform,
     image_source,
-    labels_name,
     remove_layers,
     run_key,
     shape_region,
-    store_labels_layer,
-    upsert_layer,
     visible_region,
     watch_layers,
 )
 from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd.widgets._live_labels import LiveLabels
 from napari_lpd.widgets._segment_job import (
     JobEvent,
-    Preview,
     SegmentOutcome,
     SegmentRequest,
     prune_runs,
@@ -79,14 +71,12 @@ class SegmentWidget(QWidget):
         self.viewer = viewer
         self.handle: RunHandle | None = None
         self.outcome: SegmentOutcome | None = None
-        self.preview: Preview | None = None
-        self._preview_layer: Labels | None = None
+        self.live = LiveLabels(viewer)  # the layer a run paints into
         self._image: Image | None = None
         self._build()
-        # the layer being painted; if the widget is deleted mid-run (dock closed), the
-        # preview layer goes too (a closure: the widget itself is gone by then)
-        running: list[str] = []
-        self._running_name = running
+        # deleted mid-run (dock closed): the running layer goes too (a closure: the
+        # widget itself is gone by then)
+        running = self.live.running
         self.destroyed.connect(lambda *_: remove_layers(viewer, list(running)))
         watch_layers(viewer, self._refresh_layers)
         self._refresh_layers()
@@ -235,7 +225,7 @@ class SegmentWidget(QWidget):
             notify_error(exc, "Segmentation")
             return None
         assert self._image is not None
-        self._open_preview_layer()  # at the click: adding a layer costs napari ~0.3 s
+        self.live.open(self._image)  # at the click: adding a layer costs napari ~0.3 s
         self.outcome = None
         self.legend.clear_counts("running…")
         self.status.setText("Starting…")
@@ -257,16 +247,16 @@ class SegmentWidget(QWidget):
 
     # ---- GUI-thread callbacks (throttled by run_in_worker) --------------------------
     def _on_events(self, events: list[JobEvent]) -> None:
+        assert self._image is not None
         painted = False
         for event in events:
             if event.plan is not None:
-                self._start_preview(event)
-            if event.tiles and self.preview is not None:
-                for y, x, labels in event.tiles:
-                    self.preview.paint(y, x, labels)
+                self.live.start(self._image, event.plan)
+            if event.tiles:
+                self.live.paint(event.tiles)
                 painted = True
-        if painted and self._preview_layer is not None:
-            _repaint(self._preview_layer)  # one repaint per throttled update
+        if painted:
+            self.live.repaint()  # one repaint per throttled update
         event = events[-1]
         if event.stage in ("plan", "training"):  # the short end stages: the bar only
             self.status.setText(event.text)
@@ -276,84 +266,10 @@ class SegmentWidget(QWidget):
             self.status.setText("Tiles are painted as they finish; progress in napari's "
                                 "activity dock (bottom right).")
 
-    def _open_preview_layer(self) -> None:
-        """The layer the run paints into: the previous result's layer when it can be
-        reused (a rerun replaces, never piles up), else a new, empty one."""
-        image = self._image
-        assert image is not None
-        name = labels_name(image.name)
-        self._running_name[:] = [name + RUNNING]
-        old = self.viewer.layers[name] if name in self.viewer.layers else None
-        remove_layers(self.viewer, [name + RUNNING])
-        placeholder = np.zeros((1, 1), np.uint8)
-        if isinstance(old, Labels) and not old.multiscale:
-            old.data = placeholder
-            old.metadata = {"lpd_complete": False}
-            old.name = name + RUNNING
-            self._preview_layer = old
-            return
-        remove_layers(self.viewer, [name])
-        self._preview_layer = upsert_layer(self.viewer, placeholder, {
-            "name": name + RUNNING, "scale": tuple(image.scale[-2:]),
-            "translate": tuple(image.translate[-2:]), "units": tuple(image.units),
-            "colormap": class_colormap(), "opacity": LABELS_OPACITY,
-            "metadata": {"lpd_complete": False},
-        }, "labels")
-
-    def _start_preview(self, event: JobEvent) -> None:
-        """A new output grid: size the preview layer to it (no new layer mid-run)."""
-        assert event.plan is not None and self._image is not None
-        plan = event.plan
-        self.preview = Preview(plan.shape)
-        scale, translate = grid_transform(self._image.scale, self._image.translate,
-                                          plan.scale, plan.offset, self.preview.factor)
-        layer = self._preview_layer
-        if layer is None or layer not in self.viewer.layers:  # the user deleted it
-            self._open_preview_layer()
-            layer = self._preview_layer
-        assert layer is not None
-        # the transform first, while the data is small; each setter re-slices the layer
-        # (~15 ms under software GL), so only what changed is set
-        if not np.allclose(layer.scale, scale):
-            layer.scale = scale
-        if not np.allclose(layer.translate, translate):
-            layer.translate = translate
-        layer.data = self.preview.data
-
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None
         self.outcome = outcome
-        image = self._image
-        name = labels_name(image.name)
-        data, meta, kind = store_labels_layer(outcome.store, name, image.scale, image.translate,
-                                              in_memory=outcome.labels)
-        meta["units"] = tuple(image.units)
-        meta["metadata"].update({
-            "lpd_image": image.name, "lpd_k": outcome.k,
-            "lpd_prototypes": outcome.store.prototypes is not None,
-            "lpd_image_scale": tuple(float(s) for s in image.scale[-2:]),
-            "lpd_image_translate": tuple(float(t) for t in image.translate[-2:]),
-            "lpd_checkpoint": str(outcome.checkpoint),
-            "lpd_counts": [int(c) for c in outcome.counts],
-        })
-        layer = self._preview_layer
-        if not meta["multiscale"] and layer is not None and layer in self.viewer.layers:
-            # the preview layer becomes the result (no new layer); its transform first,
-            # while the data is still the preview
-            preview = self.preview
-            same_grid = np.allclose(layer.scale, meta["scale"]) and np.allclose(
-                layer.translate, meta["translate"])
-            if not same_grid:  # a preview coarser than the result
-                layer.scale, layer.translate = meta["scale"], meta["translate"]
-            if same_grid and preview is not None and np.array_equal(preview.data, data):
-                _refresh_thumbnail(layer)  # painted in full already: nothing to upload
-            else:
-                layer.data = data
-            layer.metadata = meta["metadata"]
-            layer.name = name
-        else:  # a large result: its lazy pyramid replaces the preview
-            layer = upsert_layer(self.viewer, data, meta, kind, replace=[name + RUNNING])
-        self._preview_layer, self.preview = None, None
+        layer = self.live.finish(self._image, outcome)
         store = outcome.store
         self.legend.set_classes(store.class_names, store.class_colours)
         self.legend.set_counts(outcome.counts, store.mpp)
@@ -367,42 +283,19 @@ class SegmentWidget(QWidget):
         self.run_finished.emit(layer)
 
     def _on_error(self, exc: BaseException) -> None:
-        self._drop_preview()
+        self.live.drop(self._image)
         self.status.setText(f"Failed: {exc}")
         self.legend.clear_counts()
         notify_error(exc, "Segmentation")
 
     def _on_finish(self, handle: RunHandle) -> None:
-        self._running_name.clear()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if handle.cancelled:
-            self._drop_preview()
+            self.live.drop(self._image)
             self.legend.clear_counts("cancelled")
             self.status.setText("Cancelled: the partial result was discarded. Run again with "
                                 "the same settings to resume from the finished chunks.")
-
-    def _drop_preview(self) -> None:
-        if self._image is not None:
-            remove_layers(self.viewer, [labels_name(self._image.name) + RUNNING])
-        self._preview_layer, self.preview = None, None
-
-
-def _repaint(layer: Labels) -> None:
-    """Re-read the layer's data for display, without the thumbnail and extent work a
-    full refresh does (the extent is unchanged; the thumbnail is redone at the end)."""
-    try:
-        layer.refresh(thumbnail=False, extent=False, highlight=False)
-    except TypeError:  # napari < 0.5: no keyword arguments
-        layer.refresh()
-
-
-def _refresh_thumbnail(layer: Labels) -> None:
-    """The layer-list thumbnail of a layer whose displayed data is already current."""
-    try:
-        layer.refresh(data_displayed=False, extent=False, highlight=False)
-    except TypeError:  # napari < 0.5: no keyword arguments
-        layer.refresh()
 
 
 def _describe(event: JobEvent) -> str:

@@ -10,7 +10,8 @@ import torch
 from helpers_segment import small_he, tiny_checkpoint, wait_for
 
 from napari_lpd._layers import RUNNING, labels_name, visible_region
-from napari_lpd.widgets.segment import Preview, SegmentWidget
+from napari_lpd.widgets._segment_job import Preview
+from napari_lpd.widgets.segment import SegmentWidget
 
 
 @pytest.fixture(autouse=True)
