@@ -55,6 +55,10 @@ _ALL = [
             "investigation", {}, {"div_mode": "correct", "hed_sigma": 0.1, "hed_bias": 0.03}),
     Variant("e_lr2e-4", "(e) with lr 2e-4", "investigation", {},
             {"div_mode": "correct", "lr": 2e-4}),
+    Variant("e_div_w2", "(e) with diversity weight 2.0 (default 0.5)", "investigation", {},
+            {"div_mode": "correct", "div_weight": 2.0}),
+    Variant("e_div_tau30", "(e) with diversity temperature 30 (default 10)", "investigation",
+            {}, {"div_mode": "correct", "div_tau": 30.0}),
     Variant("c_proto_macenko", "(c) + Macenko normalisation", "investigation",
             {"stain_normalisation": "macenko"}, NO_DIV),
     Variant("a_cam_macenko", "(a) + Macenko normalisation", "investigation",
@@ -67,7 +71,8 @@ K_SWEEP = ("e_k1", "e_k3", "e_k5")  # k = 10 is e_div itself
 STAIN = ("a_cam_nostain", "e_div_nostain")
 DEFAULT_CONFIGS = (*ABLATION, *K_SWEEP, *STAIN)
 QUICK_CONFIGS = ("a_cam", "b_bank", "c_proto", "e_div")
-INVESTIGATION = ("e_macenko", "e_hed_strong", "e_lr2e-4", "b_bank_proj")
+INVESTIGATION = ("e_macenko", "e_hed_strong", "e_lr2e-4", "b_bank_proj", "e_div_w2",
+                 "e_div_tau30")
 BASELINE = "a_cam"
 # pairs (with, without) stain augmentation for the stain table
 STAIN_PAIRS = {"a_cam": "a_cam_nostain", "b_bank": "b_bank_nostain", "c_proto": "c_proto_nostain",
