@@ -205,7 +205,7 @@ def run_in_worker(
                 handle.bar = progress(total=n_total, desc=text)
                 _slow_activity_gif(True)
             elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
-                # bar (a new napari progress bar costs 30-120 ms of GUI time; measured)
+                # bar (a new napari progress bar costs 30-170 ms of GUI time; measured)
                 bar.total = n_total
                 bar.set_description(text)
             handle._bar_text = text
@@ -290,7 +290,7 @@ def run_in_worker(
         owner.destroyed.connect(orphan)
     _running_jobs[0] += 1
     if total is not None:  # the bar appears at the click (a new napari progress bar costs
-        # 30-120 ms of GUI time: better there than as a stall in the middle of the run)
+        # 30-170 ms of GUI time: better there than as a stall in the middle of the run)
         handle.bar = progress(total=1, desc=description)  # 0 would animate: repaints
         handle._bar_text = description
         _slow_activity_gif(True)
