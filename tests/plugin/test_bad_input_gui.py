@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from helpers_segment import tiny_checkpoint, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,14 +18,7 @@ from lpd.errors import InputError
 from napari_lpd.widgets.export import safe_name
 from napari_lpd.widgets.segment import SegmentWidget
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPD_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_one_thread")
 
 
 @pytest.fixture

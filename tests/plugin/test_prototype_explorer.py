@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from helpers_segment import tiny_checkpoint, wait_for
 
 from napari_lpd._layers import dominant_name, dominant_prototype, heatmap_name, labels_name
 from napari_lpd.widgets.prototypes import PrototypeWidget, grid_of
 from napari_lpd.widgets.segment import SegmentWidget
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPD_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_one_thread")
 
 
 @pytest.fixture

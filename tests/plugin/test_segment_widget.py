@@ -6,21 +6,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from helpers_segment import small_he, tiny_checkpoint, wait_for
 
 from napari_lpd._layers import RUNNING, labels_name, visible_region
 from napari_lpd.widgets._segment_job import Preview
 from napari_lpd.widgets.segment import SegmentWidget
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("LPD_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on 2 busy cores collapse (DESIGN.md)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("isolated_one_thread")
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import sys
 import threading
 
 import pytest
+from helpers_segment import wait_for
 
 from napari_lpd import _workers
-from tests.plugin.helpers_segment import wait_for
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
