@@ -16,6 +16,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 from napari.layers import Labels
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
@@ -93,7 +94,7 @@ def export_job(data: Any, meta: dict[str, Any], folder: Path, stem: str,
 class ExportWidget(QWidget):
     """Dock widget: export a label layer to a folder in the chosen formats."""
 
-    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.handle: RunHandle | None = None

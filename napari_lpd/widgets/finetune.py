@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 from napari.layers import Image
 from napari.utils.notifications import show_info
 from qtpy import QtWidgets as qw
@@ -54,7 +55,7 @@ class FineTuneWidget(qw.QWidget):
 
     finished_checkpoint = Signal(str)
 
-    def __init__(self, viewer: Any, parent: qw.QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, parent: qw.QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.handle: RunHandle | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
@@ -67,7 +68,7 @@ def result_layers(viewer: Any) -> list[Labels]:
 class PrototypeWidget(QWidget):
     """Dock widget: explore the k prototypes of each class."""
 
-    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.store: OutputStore | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Signal
@@ -66,7 +67,7 @@ class SegmentWidget(QWidget):
 
     run_finished = Signal(object)  # the result Labels layer
 
-    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.handle: RunHandle | None = None

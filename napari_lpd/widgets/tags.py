@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import napari.viewer
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Shapes
@@ -84,7 +85,7 @@ class TagAnnotatorWidget(qw.QWidget):
     grid: Shapes | None = None  # "LPD tag grid"
     _syncing = False  # True while we change the shapes ourselves
 
-    def __init__(self, viewer: Any, parent: qw.QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, parent: qw.QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self._build()
