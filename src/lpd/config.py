@@ -14,6 +14,10 @@ from typing import Any
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
 from lpd.errors import InputError
 
+#: Class presence from the model ("predicted") or the ground-truth tags ("oracle", the
+#: published protocol). Kept here, free of torch, so `lpd --help` stays fast.
+PROTOCOLS = ("predicted", "oracle")
+
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

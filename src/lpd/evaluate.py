@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lpd.config import PROTOCOLS  # re-exported (defined torch-free, for the CLI)
 from lpd.infer.patch import predict_patches
 from lpd.metrics import ConfusionMatrix, SegmentationScores, one_class_guess
 from lpd.model.lpd_model import LPDModel
-
-PROTOCOLS = ("predicted", "oracle")
 
 
 @dataclass

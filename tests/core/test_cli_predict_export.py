@@ -184,3 +184,38 @@ def test_errors_name_the_file(files, tmp_path, capsys) -> None:
     (folder / "x.txt").write_text("hi")
     assert predict(files, "slide", folder) == 2
     assert "plain" in capsys.readouterr().err and (folder / "x.txt").exists()
+
+
+def test_a_bad_slide_is_reported_before_the_model_loads(tmp_path, capsys, monkeypatch) -> None:
+    """The input is checked first: no checkpoint is read (nor the default model trained)."""
+    bad = tmp_path / "notes #1.svs"
+    bad.write_bytes(b"not a slide at all")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the slide was checked")
+
+    monkeypatch.setattr(predict_cmd, "checkpoint_for_cli", no_model)
+    code = main(["predict", str(bad), "--out", str(tmp_path / "o.zarr"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "error" in err
+
+
+def test_export_hint_is_shell_quoted(files, tmp_path, capsys) -> None:
+    import shlex
+
+    out = tmp_path / "case #7 (left).zarr"
+    assert predict(files, "slide", out, "--region", "0", "0", "64", "64") == 0
+    hint = next(ln for ln in capsys.readouterr().out.splitlines() if "export with" in ln)
+    command = hint.split(": ", 1)[1]
+    assert shlex.split(command) == ["lpd", "export", str(out)]
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom lpd.cli.main import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "usage: lpd" in out and "TORCH False" in out

@@ -258,7 +258,10 @@ def test_magnification_picks_level_and_resize(small_model) -> None:
     try:
         plan = plan_tiled(small_model, slide, region=(100, 200, 400, 300))
         assert (plan.level, plan.resize, plan.scale, plan.mpp) == (1, 1.0, 2.0, 0.5)
-        assert plan.offset == (100.0, 200.0) and plan.shape == (150, 200)
+        # level-1 region (50, 100) .. (250, 250): its corner moves back to the 64 px tile
+        # grid, (32, 96), so tiles and windows sit where a whole-slide run puts them
+        assert plan.offset == (64.0, 192.0) and plan.shape == (154, 218)
+        assert plan.phase == (96, 32) and plan.full == (400, 500)
         plan = plan_tiled(small_model, slide, target_mpp=0.7)  # between levels 1 and 2
         assert plan.level == 1 and plan.resize == pytest.approx(0.5 / 0.7)
         assert plan.mpp == pytest.approx(0.7) and plan.shape == (286, 357)
@@ -307,7 +310,8 @@ def test_bad_inputs_are_clear_errors(small_model) -> None:
     with pytest.raises(InputError, match="presence"):
         run_tiled(predict(small_model, np.zeros((50, 50, 3), np.uint8), protocol="oracle"))
     plan = plan_tiled(small_model, np.zeros((50, 50, 3), np.uint8), region=(40, 40, 20, 20))
-    assert plan.shape == (10, 10) and any("clipped" in n for n in plan.notes)
+    # clipped to (40, 40, 10, 10); its corner moves back to the 32 px tile grid
+    assert plan.shape == (18, 18) and any("clipped" in n for n in plan.notes)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -325,3 +329,60 @@ def test_cuda_matches_cpu(model) -> None:
             assert (gpu.labels == cpu.labels).mean() >= agree
     finally:
         model.cpu()
+
+
+def _inner_mask(plan, inner: tuple[int, int, int, int], whole) -> np.ndarray:
+    """Output pixels of ``plan`` labelled by a window of the slide's grid (the pixels of its
+    output tile) that lies wholly inside the level-0 box ``inner`` (x0, y0, x1, y1).
+    ``whole``: the whole-image plan (its grid is the slide's, phase 0). A pixel in a
+    window's halo is labelled by its own tile's window, which may reach outside."""
+    gy, gx = whole.axis_grids()
+    x0, y0, x1, y1 = (v * whole.resize for v in inner)
+    mask = np.zeros(whole.full, bool)
+    for i in range(gy.count):
+        sy = gy.starts[gy.tile_windows[i]]
+        if not (sy >= y0 and sy + gy.size <= y1):
+            continue
+        for j in range(gx.count):
+            sx = gx.starts[gx.tile_windows[j]]
+            if sx >= x0 and sx + gx.size <= x1:
+                (ty0, ty1), (tx0, tx1) = gy.tile_span(i), gx.tile_span(j)
+                mask[ty0:ty1, tx0:tx1] = True
+    (py, px), (h, w) = plan.phase, plan.shape
+    return mask[py : py + h, px : px + w]
+
+
+@pytest.mark.parametrize("target_mpp", [None, 0.8], ids=["level-0", "resampled"])
+def test_same_pixel_same_label_whatever_region_is_asked(small_model, target_mpp) -> None:
+    """CMU-1: two regions with corners off the window grid, and a view against the whole
+    image, agree on every pixel covered by a window inside both (issue: a view and the
+    whole image agreed on 71 % of the view's pixels when windows started at the corner)."""
+    from lpd.data.sample import CMU_SLIDE
+    from lpd.data.slide import open_slide
+
+    slide = open_slide(CMU_SLIDE)
+    kw = {"halo": 16, "target_mpp": target_mpp, "batch_size": 16}
+    a_box, b_box = (637, 1101, 700, 620), (905, 1413, 655, 590)
+    a = run_tiled(predict(small_model, slide, region=a_box, **kw))
+    b = run_tiled(predict(small_model, slide, region=b_box, **kw))
+    assert a.plan.phase != (0, 0) and a.plan.phase != b.plan.phase
+    whole = plan_tiled(small_model, slide, halo=16, target_mpp=target_mpp)
+
+    def both(p, q):
+        return (max(p[0], q[0]), max(p[1], q[1]),
+                min(p[0] + p[2], q[0] + q[2]), min(p[1] + p[3], q[1] + q[3]))
+
+    inner = both(a_box, b_box)
+    ma, mb = _inner_mask(a.plan, inner, whole), _inner_mask(b.plan, inner, whole)
+    assert ma.sum() == mb.sum() > 20_000 * (whole.resize ** 2)
+    assert np.array_equal(a.labels[ma], b.labels[mb])
+    assert (a.labels[ma] > 0).mean() > 0.5  # tissue, not background everywhere
+    if target_mpp is not None:
+        return  # the whole image resampled costs a minute here; level 0 checks it
+    view_box = (1237, 401, 600, 500)
+    view = run_tiled(predict(small_model, slide, region=view_box, **kw))
+    full = run_tiled(predict(small_model, slide, **kw))
+    mv = _inner_mask(view.plan, both(view_box, view_box), whole)
+    (py, px), (h, w) = view.plan.phase, view.plan.shape
+    assert mv.sum() > 20_000
+    assert np.array_equal(view.labels[mv], full.labels[py : py + h, px : px + w][mv])

@@ -117,9 +117,13 @@ def test_current_view_segments_what_the_canvas_shows(make_napari_viewer, qtbot,
     assert visible_region(image) == pytest.approx((x, y, w, h), abs=3)
     wait_for(qtbot, widget.run())
     store = widget.outcome.store
-    assert store.shape == (h, w) and store.offset == (x, y)
+    # the view, from the corner of the slide's tile grid it lies on (same labels as any
+    # other region there)
+    t = store.tile
+    x0, y0 = x // t * t, y // t * t
+    assert store.shape == (y + h - y0, x + w - x0) and store.offset == (x0, y0)
     labels = viewer.layers[labels_name("HE")]
-    assert labels.translate[0] == pytest.approx(y) and labels.translate[1] == pytest.approx(x)
+    assert labels.translate[0] == pytest.approx(y0) and labels.translate[1] == pytest.approx(x0)
 
 
 def test_selected_shape_scope(make_napari_viewer, qtbot, checkpoint) -> None:
@@ -131,9 +135,12 @@ def test_selected_shape_scope(make_napari_viewer, qtbot, checkpoint) -> None:
     widget.scope_combo.setCurrentText("Selected shape")
     widget.shapes_combo.setCurrentText("ROI")
     wait_for(qtbot, widget.run())
-    # the rectangle (world µm) covers image pixels y 20..120, x 40..180
-    assert widget.outcome.store.offset == (40, 20)
-    assert widget.outcome.store.shape == (100, 140)
+    # the rectangle (world µm) covers image pixels y 20..120, x 40..180; the store starts
+    # at the corner of the tile grid those lie on
+    t = widget.outcome.store.tile
+    x0, y0 = 40 // t * t, 20 // t * t
+    assert widget.outcome.store.offset == (x0, y0)
+    assert widget.outcome.store.shape == (120 - y0, 180 - x0)
 
 
 def test_default_model_is_trained_first_with_its_own_progress(

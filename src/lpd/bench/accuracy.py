@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 import lpd
+from lpd._processes import ChildWatch
 from lpd.bench import variants
 from lpd.bench.prototype_bank import build_bank, install_bank
 from lpd.bench.sweep import sweep_inference
@@ -220,33 +221,48 @@ class AccuracyBenchmark:
         sets once and keeps them for its next runs); their progress comes back through a
         queue. Results are kept in task order, whatever order the runs finish in."""
         import multiprocessing as mp
-        import queue as queue_module
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import ProcessPoolExecutor
 
         s = self.settings
         context = mp.get_context("spawn")  # torch and fork do not mix
         out_dir = str(self.out_dir) if self.out_dir is not None else None
+        watch = ChildWatch()
         with context.Manager() as manager:
             progress = manager.Queue()
             with ProcessPoolExecutor(s.run_jobs, mp_context=context) as pool:
-                pending = {pool.submit(_run_in_child, s, out_dir, name, seed, progress):
-                           (name, seed) for name, seed in tasks}
-                order = {task: i for i, task in enumerate(tasks)}
-                records: list[tuple[int, dict[str, Any]]] = []
-                while pending:
-                    finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    while True:
-                        try:
-                            yield progress.get_nowait()
-                        except queue_module.Empty:
-                            break
-                    for future in finished:
-                        task = pending.pop(future)
-                        record, done = future.result()  # a failed run raises here
-                        records.append((order[task], record))
-                        self.runs = [r for _, r in sorted(records, key=lambda x: x[0])]
-                        self._wall = time.perf_counter() - self._t0
-                        yield done
+                try:
+                    yield from self._collect(pool, tasks, progress, out_dir)
+                except BaseException:
+                    # stopped (Ctrl-C, SIGTERM, a failed run): the pool's exit would wait
+                    # for the runs in progress (minutes); end them now instead
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    watch.stop_new()
+                    raise
+
+    def _collect(self, pool, tasks: list[tuple[str, int]], progress, out_dir: str | None
+                 ) -> Iterator[BenchEvent]:
+        """Submit the runs to ``pool``; yield their progress, then each finished run."""
+        import queue as queue_module
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending = {pool.submit(_run_in_child, self.settings, out_dir, name, seed, progress):
+                   (name, seed) for name, seed in tasks}
+        order = {task: i for i, task in enumerate(tasks)}
+        records: list[tuple[int, dict[str, Any]]] = []
+        while pending:
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    yield progress.get_nowait()
+                except queue_module.Empty:
+                    break
+            for future in finished:
+                task = pending.pop(future)
+                record, done = future.result()  # a failed run raises here
+                records.append((order[task], record))
+                self.runs = [r for _, r in sorted(records, key=lambda x: x[0])]
+                self._wall = time.perf_counter() - self._t0
+                yield done
 
     def _build(self, variant: variants.Variant, seed: int) -> LPDModel:
         s = self.settings

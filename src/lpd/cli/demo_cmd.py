@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lpd.cli._progress import StagedProgress
-from lpd.demo import compute_demo, write_demo
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -28,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lpd.cli._progress import StagedProgress
+    from lpd.demo import compute_demo, write_demo
+
     labels = {"default model": "training the default model (first run only)",
               "slide": "segmenting the slide", "mosaics": "scoring nct mosaics"}
     with StagedProgress(labels) as progress:

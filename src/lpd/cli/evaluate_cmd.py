@@ -6,14 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from lpd._atomic import atomic_write_text
-from lpd.cli._progress import progress_bar
-from lpd.data.sources import evaluation_dataset
-from lpd.evaluate import PROTOCOLS, evaluate, format_table
-from lpd.infer.device import resolve_device
-from lpd.io.checkpoint import load_checkpoint
+from lpd.config import PROTOCOLS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from lpd._atomic import atomic_write_text
+    from lpd.cli._progress import progress_bar
+    from lpd.data.sources import evaluation_dataset
+    from lpd.evaluate import evaluate, format_table
+    from lpd.infer.device import resolve_device
+    from lpd.io.checkpoint import load_checkpoint
+
     device = resolve_device(args.device)
     model = load_checkpoint(args.checkpoint, device)
     dataset = evaluation_dataset(args.data, model.config, args.split, args.mosaics,

@@ -41,14 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lpd._processes import Terminated, guard_children
+
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM is handled as Ctrl-C, and no process the command started outlives it
+        with guard_children():
+            return int(args.func(args) or 0)
     except LPDError as exc:
         print(f"lpd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"lpd {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"lpd {args.command}: {'terminated' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -82,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     device = resolve_device(args.device)
-    model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
     resume = not args.no_resume
     out: Path = args.out
+    # the slide first: a bad file is reported at once, not after the model has loaded
     with open_slide(args.slide, mpp=args.mpp) as slide:
+        model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
         kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp)
         plan = plan_tiled(model, slide, **kwargs)
         grid = plan.grid
@@ -155,4 +157,4 @@ def _report_done(result, total: int, before: int, seconds: float, out: Path) -> 
     rate = result.forward_passes / seconds if seconds > 0 else 0.0
     print(f"throughput: {result.forward_passes} forward passes in {seconds:.1f} s "
           f"({rate:.2f} passes/s)")
-    print(f"export with: lpd export {out}")
+    print(f"export with: lpd export {shlex.quote(str(out))}")

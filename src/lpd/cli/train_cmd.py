@@ -8,14 +8,8 @@ import json
 from pathlib import Path
 
 from lpd._atomic import atomic_write_text
-from lpd.cli._progress import progress_bar
 from lpd.config import ModelConfig, RunConfig, TrainConfig
-from lpd.data.sources import training_sources
-from lpd.distributed import is_main_process
 from lpd.errors import InputError
-from lpd.infer.device import resolve_device
-from lpd.model import create_model
-from lpd.train import Trainer
 
 # flag -> (section, field); only flags the user gave override the config file
 MODEL_FLAGS = {
@@ -103,6 +97,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lpd.cli._progress import progress_bar
+    from lpd.data.sources import training_sources
+    from lpd.distributed import is_main_process
+    from lpd.infer.device import resolve_device
+    from lpd.model import create_model
+    from lpd.train import Trainer
+
     cfg = resolve_config(args)
     device = resolve_device(args.device)
     if args.resume and not (args.out / "last.safetensors").exists():

@@ -38,32 +38,54 @@ WEIGHT_FLOOR = 1e-3
 
 @dataclass(frozen=True)
 class AxisGrid:
-    """Output tiles and model windows along one axis of the output grid."""
+    """Output tiles and model windows along one axis of the output grid.
 
-    length: int  # output pixels along this axis
+    Local output pixel 0 is the region's first pixel; the image's data span
+    ``[lo, hi)`` in the same coordinates (``lo <= 0``, ``hi >= length``: the rest of the
+    level lies around the region). Windows may reach outside the region into that data:
+    a window's place, pixels and blending weights then depend only on its position in the
+    level's grid, never on the region asked for (``lo`` must be a multiple of ``tile``
+    and ``align``; ``TilePlan`` anchors regions that way). Defaults: the region is the
+    whole image."""
+
+    length: int  # output pixels along this axis (the region)
     size: int  # model input size (window)
     halo: int
     align: int = 1  # window starts are multiples of this (the coarsest fused stride)
+    lo: int = 0  # first output px with image data (0 or before the region)
+    hi: int | None = None  # end of the image data (None: the region's end)
 
     @property
     def tile(self) -> int:
         return self.size - 2 * self.halo
 
     @property
+    def end(self) -> int:
+        """End of the image data along this axis (``hi``, or the region's end)."""
+        return self.length if self.hi is None else self.hi
+
+    @property
     def count(self) -> int:
         return max(1, math.ceil(self.length / self.tile))
 
     def tile_span(self, i: int) -> tuple[int, int]:
+        """Output pixels of tile ``i`` inside the region."""
         return i * self.tile, min((i + 1) * self.tile, self.length)
 
+    def tile_extent(self, i: int) -> tuple[int, int]:
+        """Output pixels of tile ``i`` in the image (past the region's far end too): what
+        its tissue check looks at, the same whatever region is asked."""
+        return i * self.tile, min((i + 1) * self.tile, max(self.end, self.length))
+
     def _start_of_tile(self, i: int) -> int:
-        last = math.ceil(max(self.length - self.size, 0) / self.align) * self.align
-        return int(np.clip(i * self.tile - self.halo, 0, last))
+        room = max(self.end - self.lo - self.size, 0)
+        last = self.lo + math.ceil(room / self.align) * self.align
+        return int(np.clip(i * self.tile - self.halo, self.lo, last))
 
     @cached_property
     def starts(self) -> list[int]:
         """Window starts (distinct, increasing): a tile's start minus the halo, shifted
-        inwards at the region border (to the next aligned start)."""
+        inwards at the image border (to the next aligned start)."""
         return sorted({self._start_of_tile(i) for i in range(self.count)})
 
     @cached_property
@@ -81,9 +103,14 @@ class AxisGrid:
         return out
 
     def valid_span(self, w: int) -> tuple[int, int]:
-        """Window ``w`` clipped to the region."""
+        """Window ``w`` clipped to the image data."""
         s = self.starts[w]
-        return s, min(s + self.size, self.length)
+        return s, min(s + self.size, max(self.end, self.length))
+
+    def edges(self, w: int) -> tuple[bool, bool]:
+        """Whether window ``w`` has image data before / after it (then its weights ramp)."""
+        s = self.starts[w]
+        return s > self.lo, s + self.size < self.end
 
     def neighbours(self, w: int, margin: int = 0) -> range:
         """Windows overlapping [start - margin, start + size + margin) (``w`` included)."""
@@ -94,14 +121,14 @@ class AxisGrid:
 
     def cell_weights(self, w: int, stride: int, cells: int) -> np.ndarray:
         """Blending weights of window ``w`` at its cell centres (cells,), in (0, 1]."""
-        s = self.starts[w]
+        before, after = self.edges(w)
         centre = (np.arange(cells) + 0.5) * stride
         weights = np.ones(cells)
         ramp = 2 * self.halo
         if ramp > 0:
-            if s > 0:
+            if before:
                 weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(centre / ramp, 0, 1)) ** 2)
-            if s + self.size < self.length:
+            if after:
                 back = (self.size - centre) / ramp
                 weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(back, 0, 1)) ** 2)
         return np.maximum(weights, WEIGHT_FLOOR)
@@ -240,8 +267,10 @@ class ScoreBlender:
         self.presence_threshold = presence_threshold
         self.presence = None if presence is None else presence.to(device).bool()[None]
         self.keep_scores = keep_scores
-        ends_y = gy.starts[-1] + gy.size
-        ends_x = gx.starts[-1] + gx.size
+        # cell grids start at the first window (which may lie before the region)
+        self.oy, self.ox = -min(gy.starts[0], 0), -min(gx.starts[0], 0)
+        ends_y = gy.starts[-1] + gy.size + self.oy
+        ends_x = gx.starts[-1] + gx.size + self.ox
         self.grid = [(-(-ends_y // s), -(-ends_x // s)) for s in self.strides]
         self.acc = [RowAccumulator(channels, g[1], device) for g in self.grid]
         self.computed: set[tuple[int, int]] = set()
@@ -252,14 +281,19 @@ class ScoreBlender:
         """Class maps of window (r, c), one (C, n_s, n_s) per fused scale."""
         for k, (acc, m) in enumerate(zip(self.acc, cams, strict=True)):
             s = self.strides[k]
-            acc.add(self.gy.starts[r] // s, self.gx.starts[c] // s, m.float(),
-                    self._weight(k, r, c))
+            acc.add(self._cy(r, s), self._cx(c, s), m.float(), self._weight(k, r, c))
         self.computed.add((r, c))
+
+    def _cy(self, r: int, stride: int) -> int:
+        """Cell row (at ``stride``) of window row ``r``'s first cell."""
+        return (self.gy.starts[r] + self.oy) // stride
+
+    def _cx(self, c: int, stride: int) -> int:
+        return (self.gx.starts[c] + self.ox) // stride
 
     def _weight(self, k: int, r: int, c: int) -> torch.Tensor:
         gy, gx = self.gy, self.gx
-        key = (k, gy.starts[r] > 0, gy.starts[r] + gy.size < gy.length,
-               gx.starts[c] > 0, gx.starts[c] + gx.size < gx.length)
+        key = (k, *gy.edges(r), *gx.edges(c))
         if key not in self._weights:
             s, n = self.strides[k], self.cells[k]
             wy = gy.cell_weights(r, s, n)
@@ -270,9 +304,8 @@ class ScoreBlender:
 
     def release_before(self, r: int) -> None:
         """Forget grid rows no window from row ``r`` on can need."""
-        y = self.gy.starts[r]
         for acc, s in zip(self.acc, self.strides, strict=True):
-            acc.release_before(y // s - 1)
+            acc.release_before(self._cy(r, s) - 1)
         self.computed = {k for k in self.computed if k[0] >= r}
 
     def _matrix(self, k: int, start: int, length: int) -> torch.Tensor:
@@ -294,8 +327,8 @@ class ScoreBlender:
             for k, acc in enumerate(self.acc):
                 s, n = self.strides[k], self.cells[k]
                 g = blend(torch.stack([
-                    acc.raw(self.gy.starts[r] // s, self.gy.starts[r] // s + n,
-                            self.gx.starts[c] // s, self.gx.starts[c] // s + n, *self.grid[k])
+                    acc.raw(self._cy(r, s), self._cy(r, s) + n,
+                            self._cx(c, s), self._cx(c, s) + n, *self.grid[k])
                     for r, c in members
                 ]))  # (B, C, n + 2, n + 2)
                 ay, ax = self._matrix(k, 0, vh), self._matrix(k, 0, vw)
@@ -344,7 +377,7 @@ class ScoreBlender:
         maps = []
         for k, acc in enumerate(self.acc):
             s, n = self.strides[k], self.cells[k]
-            cy, cx = self.gy.starts[r] // s, self.gx.starts[c] // s
+            cy, cx = self._cy(r, s), self._cx(c, s)
             g = blend(acc.raw(cy, cy + n, cx, cx + n, *self.grid[k])[None])[0]
             maps.append(self._matrix(k, 0, vh) @ g @ self._matrix(k, 0, vw).T)
         return torch.stack(maps)

@@ -10,9 +10,9 @@ import numpy as np
 
 from lpd.errors import InputError
 from lpd.infer._blend import AxisGrid
-from lpd.infer._reader import RegionSource
+from lpd.infer._reader import RegionSource, read_array
 from lpd.infer.patch import FUSED_SCALES
-from lpd.infer.tissue import DEFAULT_SATURATION, tile_tissue_fractions
+from lpd.infer.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 
 MPP_TOLERANCE = 0.02  # no resize when the level's mpp is within 2 % of the target
 SAMPLES_PER_TILE = 4  # tissue view: at least this many pixels along a tile side
@@ -21,13 +21,19 @@ SAMPLES_PER_TILE = 4  # tissue view: at least this many pixels along a tile side
 @dataclass(frozen=True)
 class TilePlan:
     """Geometry of one tiled prediction. Output pixel (u, v) covers level-0 pixels
-    ``offset + [v, v+1) * scale`` (x) and ``[u, u+1) * scale`` (y)."""
+    ``offset + [v, v+1) * scale`` (x) and ``[u, u+1) * scale`` (y).
+
+    The output grid is a window of the level's own grid (the level resized by ``resize``,
+    ``full`` pixels), starting at ``phase``, a multiple of the tile: tiles and model windows
+    sit at fixed places of the slide, so the same slide pixel gets the same label whatever
+    region is asked (a requested corner off that grid moves back to it, by less than a
+    tile)."""
 
     level: int
     downsample: float  # level-0 px per level px
     resize: float  # output px per level px
-    origin: tuple[int, int]  # (y, x) of the region at the level
-    extent: tuple[int, int]  # (h, w) of the region at the level
+    origin: tuple[float, float]  # (y, x) level coordinate of the output grid's corner
+    extent: tuple[float, float]  # (h, w) of the output grid in level px
     shape: tuple[int, int]  # output grid (H, W)
     input_size: int
     halo: int
@@ -42,6 +48,8 @@ class TilePlan:
     levels: Sequence[object] = field(default=(), repr=False, compare=False)
     downsamples: Sequence[float] = field(default=(), repr=False, compare=False)
     source_name: str | None = None
+    phase: tuple[int, int] = (0, 0)  # (y, x) of output px (0, 0) in the level's grid
+    full: tuple[int, int] | None = None  # (H, W) of the level's grid (None: the output's)
 
     @property
     def tile(self) -> int:
@@ -53,12 +61,17 @@ class TilePlan:
 
     def axis_grids(self) -> tuple[AxisGrid, AxisGrid]:
         align = max(self.strides)
-        return (AxisGrid(self.shape[0], self.input_size, self.halo, align),
-                AxisGrid(self.shape[1], self.input_size, self.halo, align))
+        full = self.full or self.shape
+        return tuple(  # type: ignore[return-value]
+            AxisGrid(self.shape[a], self.input_size, self.halo, align, -self.phase[a],
+                     full[a] - self.phase[a])
+            for a in (0, 1))
 
     def source(self) -> RegionSource:
+        """The output grid's pixels; windows past the region read the level's own pixels."""
+        hl, wl = (int(v) for v in self.levels[self.level].shape[:2])
         return RegionSource(self.levels[self.level], self.origin, self.extent, self.resize,
-                            self.shape)
+                            self.shape, bounds=(0, hl, 0, wl))
 
     def info(self) -> dict:
         """JSON-able description kept in a store."""
@@ -125,18 +138,27 @@ def plan_tiled(
             notes.append(f"level {chosen} ({slide_mpp * d:.3g} µm/px) is coarser than the "
                          f"target {target:.3g} µm/px: enlarged {resize:.3g}x")
     hl, wl = _check_level(levels[chosen], name, chosen)
+    tile = size - 2 * int(halo)
+    # the level's output grid, and the region on it: corner back to the tile grid
+    full = (max(1, round(hl * resize)), max(1, round(wl * resize)))
     yl0, xl0 = int(math.floor(y / d)), int(math.floor(x / d))
     yl1, xl1 = min(hl, int(math.ceil((y + h) / d))), min(wl, int(math.ceil((x + w) / d)))
-    extent = (max(1, yl1 - yl0), max(1, xl1 - xl0))
-    shape = (max(1, round(extent[0] * resize)), max(1, round(extent[1] * resize)))
+    u0, v0 = (int(math.floor(yl0 * resize)) // tile * tile,
+              int(math.floor(xl0 * resize)) // tile * tile)
+    u1, v1 = min(full[0], max(u0 + 1, round(yl1 * resize))), min(full[1], max(v0 + 1, round(xl1 * resize)))
+    shape = (max(1, u1 - u0), max(1, v1 - v0))
+    origin: tuple[float, float] = (u0 / resize, v0 / resize)
+    if resize == 1.0:
+        origin = (u0, v0)
     return TilePlan(
-        level=chosen, downsample=d, resize=resize, origin=(yl0, xl0), extent=extent,
+        level=chosen, downsample=d, resize=resize, origin=origin,
+        extent=(shape[0] / resize, shape[1] / resize),
         shape=shape, input_size=size, halo=int(halo),
         mpp=None if slide_mpp is None else slide_mpp * d / resize, scale=d / resize,
-        offset=(xl0 * d, yl0 * d), target_mpp=target, slide_mpp=slide_mpp,
+        offset=(origin[1] * d, origin[0] * d), target_mpp=target, slide_mpp=slide_mpp,
         region=(x, y, w, h), notes=tuple(notes), strides=strides, levels=levels,
         downsamples=downsamples,
-        source_name=name,
+        source_name=name, phase=(u0, v0), full=full,
     )
 
 
@@ -149,7 +171,9 @@ def fused_strides(model: object) -> tuple[int, ...]:
 def tissue_fractions(plan: TilePlan, grids: tuple[AxisGrid, AxisGrid]) -> tuple[np.ndarray | None, float]:
     """Per-tile tissue fractions from a cheap low-resolution view, or (None, default
     saturation) when there is none (a lazy array without a coarser level): the reader then
-    checks each tile's pixels as it reads them."""
+    checks each tile's pixels as it reads them. Each tile is judged on its whole extent in
+    the slide (past the region's far end too) with one saturation threshold for the whole
+    slide, so the decision does not depend on the region asked."""
     gy, gx = grids
     ty, tx = gy.count, gx.count
     lvl = plan.level
@@ -157,7 +181,9 @@ def tissue_fractions(plan: TilePlan, grids: tuple[AxisGrid, AxisGrid]) -> tuple[
     coarse = [c for c in range(lvl + 1, len(plan.levels))
               if plan.downsamples[c] / plan.downsample * plan.resize <= per_tile]
     yl0, xl0 = plan.origin
-    hl, wl = plan.extent
+    # the tiles' whole extent, in level px (clipped to the level)
+    hl = min(gy.tile_extent(ty - 1)[1], max(gy.end, gy.length)) / plan.resize
+    wl = min(gx.tile_extent(tx - 1)[1], max(gx.end, gx.length)) / plan.resize
     if coarse:
         c = coarse[-1]
         f = plan.downsamples[c] / plan.downsample  # level px per view px
@@ -169,12 +195,25 @@ def tissue_fractions(plan: TilePlan, grids: tuple[AxisGrid, AxisGrid]) -> tuple[
         cols = ((np.arange(b0, b1) + 0.5) * f - xl0) * plan.resize
     elif isinstance(plan.levels[lvl], np.ndarray):
         step = max(1, int(per_tile / plan.resize))
-        view = plan.levels[lvl][yl0 : yl0 + hl : step, xl0 : xl0 + wl : step]
-        rows = (np.arange(view.shape[0]) * step + 0.5) * plan.resize
-        cols = (np.arange(view.shape[1]) * step + 0.5) * plan.resize
+        iy0, ix0 = int(math.floor(yl0)), int(math.floor(xl0))
+        view = plan.levels[lvl][iy0 : int(math.ceil(yl0 + hl)) : step,
+                                ix0 : int(math.ceil(xl0 + wl)) : step]
+        rows = ((np.arange(view.shape[0]) * step + iy0 + 0.5) - yl0) * plan.resize
+        cols = ((np.arange(view.shape[1]) * step + ix0 + 0.5) - xl0) * plan.resize
     else:
         return None, DEFAULT_SATURATION
-    return tile_tissue_fractions(view, rows, cols, plan.tile, (ty, tx))
+    return tile_tissue_fractions(view, rows, cols, plan.tile, (ty, tx),
+                                 threshold=slide_saturation(plan.levels))
+
+
+def slide_saturation(levels: Sequence[object], max_side: int = 1024) -> float:
+    """The tissue saturation threshold of the whole slide: Otsu's on its coarsest level,
+    read with a stride of at most ``max_side`` px a side (one value per slide, so tiles
+    are judged alike whatever region is asked)."""
+    arr = levels[-1]
+    h, w = int(arr.shape[0]), int(arr.shape[1])  # type: ignore[attr-defined]
+    step = max(1, math.ceil(max(h, w) / max_side))
+    return saturation_threshold(read_array(arr, slice(0, h, step), slice(0, w, step)))
 
 
 def _pyramid(image: object, mpp: float | None) -> tuple[list, list[float], float | None, str | None]:

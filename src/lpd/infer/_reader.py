@@ -5,8 +5,8 @@ has its centre at level coordinate ``origin + (p + 0.5) / resize - 0.5``. With `
 1`` a window is a plain slice; otherwise it is resampled separably (linear interpolation
 when enlarging, a triangle filter of width ``1 / resize`` when shrinking), with weights that
 depend only on global coordinates, so any tiling gives the same pixels as one resize of the
-whole region. Reads outside the region (only when the region is smaller than one model
-input) are reflect-padded.
+whole region. Reads outside the readable bounds (the region, or the whole level for tiled
+inference) are reflect-padded.
 
 ``WindowReader`` reads the windows of the next batch while the model computes the current
 one: one thread, one batch ahead (a queue of one), dask read synchronously in this thread
@@ -37,57 +37,70 @@ def read_array(array: object, ys: slice, xs: slice) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RegionSource:
-    """The region of one level, seen through the output grid (see the module docstring)."""
+    """The region of one level, seen through the output grid (see the module docstring).
+
+    Reads are confined to ``bounds`` (level px ``(y0, y1, x0, x1)``; default: the region,
+    ``origin`` to ``origin + extent``) and reflect-padded past them. Tiled inference passes
+    the whole level as bounds, so windows that reach past the region read the slide's own
+    pixels there."""
 
     array: object  # (H, W, 3) uint8 array-like
-    origin: tuple[int, int]  # (y, x) of the region at this level
-    extent: tuple[int, int]  # (h, w) of the region at this level
+    origin: tuple[float, float]  # (y, x) level coordinate of the output grid's corner
+    extent: tuple[float, float]  # (h, w) of the region at this level
     resize: float  # output px per level px
     shape: tuple[int, int]  # output grid (H, W)
+    bounds: tuple[int, int, int, int] | None = None  # level px reads are confined to
+
+    def _limits(self, axis: int) -> tuple[int, int, int, int]:
+        """(level px start, end, output px start, end) of the readable data on ``axis``."""
+        o = self.origin[axis]
+        if self.bounds is None:
+            b0, b1 = int(math.floor(o)), int(math.ceil(o + self.extent[axis]))
+            return b0, b1, 0, int(self.shape[axis])
+        b0, b1 = self.bounds[2 * axis], self.bounds[2 * axis + 1]
+        return b0, b1, round((b0 - o) * self.resize), round((b1 - o) * self.resize)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Output pixels [y0, y1) x [x0, x1) (may reach outside the grid: reflect-padded)."""
-        h, w = self.shape
-        cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+        """Output pixels [y0, y1) x [x0, x1) (reflect-padded past the readable data)."""
+        by0, by1, oy0, oy1 = self._limits(0)
+        bx0, bx1, ox0, ox1 = self._limits(1)
+        cy0, cy1 = min(max(y0, oy0), oy1), max(min(y1, oy1), oy0)
+        cx0, cx1 = min(max(x0, ox0), ox1), max(min(x1, ox1), ox0)
         if self.resize == 1.0:
-            oy, ox = self.origin
+            oy, ox = int(self.origin[0]), int(self.origin[1])
             data = read_array(self.array, slice(oy + cy0, oy + cy1), slice(ox + cx0, ox + cx1))
         else:
-            data = self._resampled(cy0, cy1, cx0, cx1)
+            wy, sy0 = _resample_weights(cy0, cy1, self.resize, self.origin[0], by0, by1)
+            wx, sx0 = _resample_weights(cx0, cx1, self.resize, self.origin[1], bx0, bx1)
+            src = read_array(
+                self.array, slice(sy0, sy0 + wy.shape[1]), slice(sx0, sx0 + wx.shape[1])
+            ).astype(np.float32)
+            rows = np.tensordot(wy, src, axes=(1, 0))  # (h, sw, 3)
+            data = np.clip(np.rint(np.einsum("hwc,xw->hxc", rows, wx)), 0, 255).astype(np.uint8)
         pads = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0))
         if any(p for pair in pads for p in pair):
             data = _reflect_pad(data, pads)
         return np.ascontiguousarray(data, dtype=np.uint8)
 
-    def _resampled(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        wy, sy0 = _resample_weights(y0, y1, self.resize, self.origin[0], self.extent[0])
-        wx, sx0 = _resample_weights(x0, x1, self.resize, self.origin[1], self.extent[1])
-        src = read_array(
-            self.array, slice(sy0, sy0 + wy.shape[1]), slice(sx0, sx0 + wx.shape[1])
-        ).astype(np.float32)
-        rows = np.tensordot(wy, src, axes=(1, 0))  # (h, sw, 3)
-        out = np.einsum("hwc,xw->hxc", rows, wx)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
 
 def _resample_weights(
-    p0: int, p1: int, resize: float, origin: int, extent: int
+    p0: int, p1: int, resize: float, origin: float, lo: int, hi: int
 ) -> tuple[np.ndarray, int]:
-    """Weights (p1 - p0, n) over level pixels [s0, s0 + n); taps beyond the region are
-    clamped to its edge pixels (edge replication), so they stay inside the region."""
+    """Weights (p1 - p0, n) over level pixels [s0, s0 + n); taps outside level px
+    ``[lo, hi)`` are clamped to its edge pixels (edge replication), so they stay inside."""
     centres = origin + (np.arange(p0, p1) + 0.5) / resize - 0.5
     radius = 1.0 if resize >= 1 else 1.0 / resize
     taps = np.arange(
         int(math.floor(centres.min() - radius)), int(math.ceil(centres.max() + radius)) + 1
     )
     weights = np.clip(1.0 - np.abs(taps[None, :] - centres[:, None]) / radius, 0.0, None)
-    clamped = np.clip(taps, origin, origin + extent - 1)
-    lo = int(clamped.min())
-    onehot = np.zeros((taps.size, int(clamped.max()) - lo + 1))
-    onehot[np.arange(taps.size), clamped - lo] = 1.0
+    clamped = np.clip(taps, lo, hi - 1)
+    first = int(clamped.min())
+    onehot = np.zeros((taps.size, int(clamped.max()) - first + 1))
+    onehot[np.arange(taps.size), clamped - first] = 1.0
     weights = weights @ onehot
     weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
-    return weights.astype(np.float32), lo
+    return weights.astype(np.float32), first
 
 
 def _reflect_pad(data: np.ndarray, pads: tuple) -> np.ndarray:

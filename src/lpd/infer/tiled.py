@@ -5,21 +5,25 @@ Definitions (DESIGN.md, "tiled inference blends before any per-image step"):
   ``resize = level_mpp / target_mpp`` (target: the checkpoint's microns per pixel unless
   overridden; no resize within 2 %). Without a level, the coarsest level at least as fine
   as the target is used. ``level=`` alone keeps that level's own resolution.
-- Output tiles: the grid is cut into tiles of ``input_size - 2 * halo`` pixels. The model
-  input (window) of a tile is the tile plus the halo on every side, shifted inwards at the
-  region border so a window stays inside the region (the region border is then a window
-  border, as in a single pass); windows that coincide there are computed once. Window
-  starts are multiples of the coarsest fused stride (``halo`` and the input size must be
-  multiples of it, e.g. 16), so every window's class maps fall on one grid per scale. A
-  region smaller than one input is reflect-padded (and < 16 px past the far border when
-  the region is not a multiple of the stride).
+- Output tiles: the level's output grid is cut into tiles of ``input_size - 2 * halo``
+  pixels, anchored at the slide's corner; a region's corner moves back to that grid (by
+  less than a tile). The model input (window) of a tile is the tile plus the halo on every
+  side, reading the slide's own pixels past the region, shifted inwards only at the slide
+  border (the slide border is then a window border, as in a single pass); windows that
+  coincide there are computed once. So a window's pixels, weights and per-tile step are
+  the same whatever region is asked: two regions agree on every pixel whose window and
+  neighbour windows both compute (a test checks it on CMU-1). Window starts are multiples
+  of the coarsest fused stride (``halo`` and the input size must be multiples of it, e.g.
+  16), so every window's class maps fall on one grid per scale. A slide smaller than one
+  input is reflect-padded (and < 16 px past the far border when it is not a multiple of
+  the stride).
 - Blending: the blended quantity is ``patch.score_maps`` (raw class logit maps of the fused
   scales): each scale's maps are blended on their own grid with smooth separable weights
   (``_blend``), then upsampled bilinearly as ``score_maps`` does; for a region that fits in
   one window this is the single pass exactly, otherwise it differs only where the windows'
   maps differ (receptive field cut by the window edge), never by seams.
 - Per-tile step: for each output tile, ``predicted_presence`` (or the given presence) and
-  ``labels_from_scores`` run on the blended maps of its window (clipped to the region);
+  ``labels_from_scores`` run on the blended maps of its window (clipped to the slide);
   the tile keeps the central, output-tile part.
 - Tissue: tiles with less than ``tissue_threshold`` tissue (``tissue.py``) are skipped:
   label 0, no forward pass, no part in the blending.
@@ -241,7 +245,7 @@ def predict_tiled(
 
     def tile_boxes(index: int) -> list[tuple[int, int, int, int]]:
         r, c = divmod(index, wx)
-        return [(*gy.tile_span(i), *gx.tile_span(j))
+        return [(*gy.tile_extent(i), *gx.tile_extent(j))
                 for i in gy.window_tiles[r] for j in gx.window_tiles[c]]
 
     reader = WindowReader(

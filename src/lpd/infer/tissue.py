@@ -71,25 +71,27 @@ def tile_tissue_fractions(
     cols: np.ndarray,
     tile: int,
     grid: tuple[int, int],
+    threshold: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Tissue fraction of every output tile from a low-resolution ``view`` (H, W, 3).
 
     ``rows``/``cols``: the output-pixel coordinate of each view row/column's centre (NaN or
     out-of-range values are ignored). Returns (fractions (ty, tx), with NaN for tiles no view
-    pixel falls in, and the saturation threshold used). The view is read in bands twice
-    (histogram, then mask), so memory stays at one band."""
+    pixel falls in, and the saturation threshold used: ``threshold``, or Otsu's on the
+    view). The view is read in bands twice (histogram, then mask), so memory stays at one
+    band."""
     ty, tx = grid
     rows = np.asarray(rows, dtype=np.float64)
     cols = np.asarray(cols, dtype=np.float64)
     tile_of_col = np.floor(cols / tile)
     col_ok = np.isfinite(tile_of_col) & (tile_of_col >= 0) & (tile_of_col < tx)
     col_index = np.where(col_ok, tile_of_col, 0).astype(np.int64)
-    hist = np.zeros(256, np.int64)
-    for start in range(0, len(rows), _BAND_ROWS):
-        band = _band(view, start, min(start + _BAND_ROWS, len(rows)))[:, col_ok]
-        bright = band.max(axis=-1) >= DARK_MAX
-        hist += np.bincount(saturation_u8(band)[bright].ravel(), minlength=256)
-    threshold = otsu_saturation(hist)
+    if threshold is None:
+        hist = np.zeros(256, np.int64)
+        for start in range(0, len(rows), _BAND_ROWS):
+            band = _band(view, start, min(start + _BAND_ROWS, len(rows)))[:, col_ok]
+            hist += _histogram(band)
+        threshold = otsu_saturation(hist)
     tissue = np.zeros(ty * tx, np.int64)
     count = np.zeros(ty * tx, np.int64)
     for start in range(0, len(rows), _BAND_ROWS):
@@ -108,6 +110,17 @@ def tile_tissue_fractions(
     with np.errstate(divide="ignore", invalid="ignore"):
         fractions = np.where(count > 0, tissue / np.maximum(count, 1), np.nan)
     return fractions.reshape(ty, tx), threshold
+
+
+def _histogram(rgb: np.ndarray) -> np.ndarray:
+    """256-bin saturation histogram of the pixels that are not near-black."""
+    bright = rgb.max(axis=-1) >= DARK_MAX
+    return np.bincount(saturation_u8(rgb)[bright].ravel(), minlength=256)
+
+
+def saturation_threshold(rgb: np.ndarray) -> float:
+    """Otsu's saturation threshold (clipped, see the module docstring) of an RGB view."""
+    return otsu_saturation(_histogram(np.asarray(rgb)[..., :3]))
 
 
 def _band(view: object, start: int, stop: int) -> np.ndarray:

@@ -1,0 +1,92 @@
+"""Commands that start processes end them when they are stopped (SIGTERM, or SIGINT as
+Ctrl-C sends it): after the signal no descendant of the command is left within 10 s.
+Each test starts the real command in a fresh process, waits until its workers exist,
+signals it, and looks for every process of its tree with psutil."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from lpd.data.pyramid import write_synthetic_pyramid
+from lpd.io.checkpoint import save_checkpoint
+from lpd.model import create_model
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _stop_and_check(args: list[str], workers: int, sig: int, tmp_path: Path) -> int:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "log.txt").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "lpd.cli.main", *args], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_tree(proc.pid)) < workers:
+            assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        time.sleep(3)  # the workers are busy now (importing, reading, training)
+        seen = _tree(proc.pid)
+        assert len(seen) >= workers
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        left = _alive(seen + _tree(proc.pid))
+        while left and time.monotonic() - t0 < 10:
+            time.sleep(0.2)
+            left = _alive(left)
+        assert not left, f"left running: {[(p.pid, p.cmdline()[:3]) for p in left]}"
+        return code
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in _alive(_tree(proc.pid)):
+            p.kill()
+        log.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_bench_accuracy_leaves_no_training_worker(tmp_path, sig) -> None:
+    args = ["bench", "accuracy", "--quick", "--jobs", "2", "--threads", "1",
+            "--no-pretrained", "--json", str(tmp_path / "acc.json")]
+    code = _stop_and_check(args, 3, sig, tmp_path)  # a queue manager and two runs
+    assert code == (143 if sig == signal.SIGTERM else 130)
+    assert "terminated" in (tmp_path / "log.txt").read_text() or sig == signal.SIGINT
+
+
+def test_batch_leaves_no_cluster_process(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", prototypes_per_class=2, input_size=128,
+                         microns_per_pixel=0.5)
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model)
+    slide = write_synthetic_pyramid(tmp_path / "a.tiff", (2048, 2048), tile=256, seed=1,
+                                    mpp=0.5)
+    args = ["batch", str(slide), "--out", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+            "--workers", "2"]
+    code = _stop_and_check(args, 2, signal.SIGTERM, tmp_path)
+    assert code == 143
