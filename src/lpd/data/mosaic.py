@@ -13,7 +13,7 @@ pixels; the region keeps its tag. ``generator[i]`` is a pure function of (seed, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -128,11 +128,15 @@ class MosaicGenerator:
       tile rather than white glass (when OTHER tiles exist);
     - ``tile_mpp``/``target_mpp``: microns per pixel of the tiles and of the patches;
       tiles are resampled once when both are given (default: used as they are);
+      ``tile_mpps`` gives single tiles their own (tiles pooled from several releases);
     - ``patchwork``: fill regions larger than a tile with several crops of the tile, each
       flipped / rotated at random (else one crop repeated mirrored);
     - ``ignore_glass``: label 0 for glass inside tissue regions (see ``glass_mask``);
     - held-apart mosaics: the same tiles with another ``seed`` (or other tiles, see
-      ``split_tiles``).
+      ``split_tiles``);
+    - ``other_label``: the label of OTHER-tissue regions (default 0, ignored like glass;
+      ``num_classes + 1`` lets a benchmark count OTHER pixels painted as a tissue class).
+      Classes without tiles are never drawn.
     """
 
     def __init__(
@@ -149,6 +153,8 @@ class MosaicGenerator:
         target_mpp: float | None = None,
         patchwork: bool = True,
         ignore_glass: bool = True,
+        tile_mpps: Mapping[Path, float] | None = None,
+        other_label: int = 0,
     ) -> None:
         if size < 16:
             raise ValueError(f"size must be at least 16 px, got {size}")
@@ -172,11 +178,21 @@ class MosaicGenerator:
         self.ignore_glass = bool(ignore_glass)
         self.min_pixels = int(0.01 * size * size) if min_pixels is None else int(min_pixels)
         self.microns_per_pixel = target_mpp if target_mpp is not None else tile_mpp
-        scale = 1.0 if tile_mpp is None or target_mpp is None else tile_mpp / target_mpp
+        per_tile = dict(tile_mpps or {})
+
+        def scale(path: Path) -> float:
+            mpp = per_tile.get(path, tile_mpp)
+            return 1.0 if mpp is None or target_mpp is None else mpp / target_mpp
+
         self.class_tiles = [
-            [_load_tile(p, scale) for p in tiles.class_paths(c)] for c in self.class_names
+            [_load_tile(p, scale(p)) for p in tiles.class_paths(c)] for c in self.class_names
         ]
-        self.other_tiles = [_load_tile(p, scale) for p in tiles.other]
+        self.other_tiles = [_load_tile(p, scale(p)) for p in tiles.other]
+        # classes with tiles (a release may have only some: tcga-tumour is tumour only)
+        self.available = [c for c, pool in enumerate(self.class_tiles) if pool]
+        if not self.available:
+            raise InputError(tiles.root, "no tiles of any class")
+        self.other_label = int(other_label)
 
     @property
     def num_classes(self) -> int:
@@ -214,15 +230,17 @@ class MosaicGenerator:
             if is_background[r]:
                 if self.other_tiles and rng.random() < self.other_fraction:
                     patch = self._fill_region(self.other_tiles, ys, xs, inside, warped, rng)
+                    region_label[r] = self.other_label
                 else:
                     patch = _glass(ys.stop - ys.start, xs.stop - xs.start, rng)
             else:
-                c = int(rng.integers(self.num_classes))
+                c = self.available[int(rng.integers(len(self.available)))]
                 region_label[r] = c + 1
                 patch = self._fill_region(self.class_tiles[c], ys, xs, inside, warped, rng)
             np.copyto(rgb[ys, xs], patch, where=inside[..., None])
         labels = region_label[regions]
-        counts = np.bincount(labels.ravel(), minlength=self.num_classes + 1)[1:]
+        counts = np.bincount(labels.ravel(), minlength=self.num_classes + 1)[
+            1 : self.num_classes + 1]
         tags = (counts >= self.min_pixels).astype(np.float32)
         small = (counts > 0) & (counts < self.min_pixels)
         if small.any():  # cannot happen after merging; kept so tags and labels always agree

@@ -75,6 +75,44 @@ def mosaic_dataset(
     )
 
 
+def pooled_mosaic_dataset(
+    tiles: TileFolder,
+    tile_mpps: dict[Path, float],
+    model: ModelConfig,
+    count: int,
+    seed: int,
+    augment: bool = False,
+    train: TrainConfig | None = None,
+) -> MosaicDataset:
+    """``count`` mosaics of tiles pooled from several releases, each tile resampled from
+    its own microns per pixel (``tile_mpps``) to the model's (the default model's recipe).
+
+    Parameters
+    ----------
+    tiles : TileFolder
+        The pooled tiles (``TileFolder(root, classes, paths)``).
+    tile_mpps : dict
+        Microns per pixel of every tile path.
+    model : ModelConfig
+        Input size, normalisation and microns per pixel of the patches.
+    count, seed : int
+        How many mosaics, and the stream they come from.
+    augment : bool
+        Flips, rotations and stain jitter (``train``'s settings), for training.
+    train : TrainConfig, optional
+        Stain augmentation settings.
+    """
+    generator = MosaicGenerator(tiles, size=model.input_size, seed=seed,
+                                tile_mpp=model.microns_per_pixel,
+                                target_mpp=model.microns_per_pixel, tile_mpps=tile_mpps)
+    train = train or TrainConfig()
+    jitter = augment and train.stain_augment
+    return MosaicDataset(generator, count, augment=augment, mean=model.mean, std=model.std,
+                         hed_sigma=train.hed_sigma if jitter else 0.0,
+                         hed_bias=train.hed_bias if jitter else 0.0, seed=seed,
+                         normalizer=normalizer_for(model))
+
+
 def training_sources(
     path: str | Path,
     model: ModelConfig,
