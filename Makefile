@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.setup-stamp
 TORCH  := $(shell grep -E '^(torch|torchvision)==' constraints.txt)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench default-model
 
 setup: $(STAMP)
 	@scripts/system-deps.sh
@@ -39,3 +39,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lpd bench throughput
+
+# Reproduce the shipped default model (src/lpd/weights/): its weights and card figures
+# (about 8 minutes on 2 cores), then the short recipe's figure, then docs/model-card.md.
+default-model: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m lpd.default_model
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m lpd.default_model --short
+	$(BIN)/python scripts/update_model_card.py

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from lpd.default_model import is_cached
+from lpd.default_model import describe_default, is_cached
 from lpd.errors import InputError
 from lpd.infer.device import available_devices
 from lpd.io.checkpoint import read_checkpoint_metadata
@@ -154,7 +154,7 @@ class SegmentWidget(QWidget):
         self._checkpoint_row.setEnabled(not default)
         if default:
             self.model_note.setText(
-                "Default model: cached, ready." if is_cached() else
+                describe_default() if is_cached() else
                 "Default model: not trained yet; the first run trains it on the bundled "
                 "tiles (a few minutes, shown with its own progress; cancellable).")
         else:

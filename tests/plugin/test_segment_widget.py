@@ -143,11 +143,23 @@ def test_selected_shape_scope(make_napari_viewer, qtbot, checkpoint) -> None:
     assert widget.outcome.store.shape == (120 - y0, 180 - x0)
 
 
+def test_the_shipped_default_model_is_named_with_its_scope(make_napari_viewer, checkpoint,
+                                                            monkeypatch) -> None:
+    monkeypatch.delenv("LPD_DEFAULT_MODEL", raising=False)
+    viewer, widget = make_widget(make_napari_viewer, checkpoint)
+    widget.set_checkpoint(None)
+    note = widget.model_note.text()
+    assert "lpd-crc-v1" in note and "0.5 µm/px" in note and "not a diagnostic device" in note
+
+
 def test_default_model_is_trained_first_with_its_own_progress(
-    make_napari_viewer, qtbot, checkpoint, monkeypatch
+    make_napari_viewer, qtbot, checkpoint, monkeypatch, tmp_path
 ) -> None:
+    """A stripped install without the shipped weights trains the default model once."""
     import shutil
     import time
+
+    monkeypatch.setenv("LPD_DEFAULT_MODEL", str(tmp_path / "default.safetensors"))
 
     from lpd.default_model import default_checkpoint_path
     from napari_lpd import _workers
@@ -185,9 +197,11 @@ def test_default_model_is_trained_first_with_its_own_progress(
 
 
 def test_cancel_during_default_training_writes_no_model(
-    make_napari_viewer, qtbot, checkpoint, monkeypatch
+    make_napari_viewer, qtbot, checkpoint, monkeypatch, tmp_path
 ) -> None:
     import time
+
+    monkeypatch.setenv("LPD_DEFAULT_MODEL", str(tmp_path / "default.safetensors"))
 
     from lpd.default_model import default_checkpoint_path
     from napari_lpd.widgets import _segment_job

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the means, as published.",
     )
     p.add_argument("data", type=Path, help="BCSS-WSSS folder or tile folder")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="a .safetensors checkpoint, or 'default' (the shipped default model)")
     p.add_argument("--protocol", choices=(*PROTOCOLS, "both"), default="both",
                    help="class presence from the model (predicted) or from the "
                    "ground-truth tags (oracle, the published protocol)")
@@ -38,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from lpd._atomic import atomic_write_text
     from lpd.cli._progress import progress_bar
     from lpd.data.sources import evaluation_dataset
+    from lpd.default_model import resolve_default
     from lpd.evaluate import evaluate, format_table
     from lpd.infer.device import resolve_device
     from lpd.io.checkpoint import load_checkpoint
 
     device = resolve_device(args.device)
-    model = load_checkpoint(args.checkpoint, device)
+    model = load_checkpoint(resolve_default(args.checkpoint), device)
     dataset = evaluation_dataset(args.data, model.config, args.split, args.mosaics,
                                  args.seed, args.tile_mpp)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)

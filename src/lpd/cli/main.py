@@ -13,7 +13,7 @@ from lpd import __version__
 from lpd.errors import LPDError
 
 # module names under lpd.cli, in the order of the help text
-SUBCOMMANDS = ("train", "evaluate", "predict", "export", "batch", "bench", "demo")
+SUBCOMMANDS = ("train", "evaluate", "predict", "export", "batch", "bench", "demo", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,11 +24,32 @@ _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x0
 
 
 def save_checkpoint(
-    path: str | Path, model: LPDModel, extra: dict[str, Any] | None = None
+    path: str | Path, model: LPDModel, extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (the old file stays until the new is whole)."""
+    """Write ``model`` to ``path`` atomically (the old file stays until the new is whole).
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.safetensors`` file.
+    model : LPDModel
+        Its weights and config are written.
+    extra : dict, optional
+        JSON-able facts kept in the metadata (recipe, data, scores).
+    dtype : torch.dtype, optional
+        Store floating-point weights in this type (e.g. ``torch.float16`` for a shipped
+        model: half the size; ``load_checkpoint`` casts back to the model's type).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
