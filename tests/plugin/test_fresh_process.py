@@ -122,6 +122,8 @@ def test_samples_open_from_the_sample_menu(report) -> None:
     assert _own(report["samples"]["cmu_region"]) == [["CMU-1 region", "Image"]]
     assert _own(report["samples"]["nct_mosaic"]) == [
         ["NCT mosaic", "Image"], ["NCT mosaic ground truth", "Labels"]]
+    assert _own(report["samples"]["held_apart_mosaic"]) == [
+        ["Held-apart mosaic", "Image"], ["Held-apart mosaic ground truth", "Labels"]]
 
 
 def test_slide_and_exports_open_through_the_reader(report, exports) -> None:
