@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -150,3 +151,59 @@ def test_quick_preset_runs_end_to_end(tmp_path: Path) -> None:
     assert report["settings"]["pretrained"] and report["settings"]["input_size"] == 128
     assert "QUICK" not in report["budget"] and "(quick smoke run" in \
         out.with_suffix(".md").read_text()
+
+
+def test_leave_one_release_out_reports_each_release_with_baselines(tmp_path: Path) -> None:
+    """Tiny settings (2 steps): the machinery, not a measurement."""
+    import json
+
+    from lpd.bench.loro import LoroSettings, format_loro, run_loro
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = run_loro(LoroSettings(seeds=2, steps=2, eval_mosaics=3,
+                                    releases=("nct", "tcga-tumour")))
+        events = []
+        while True:
+            try:
+                events.append(next(gen))
+            except StopIteration as stop:
+                report = stop.value
+                break
+    finally:
+        torch.set_num_threads(threads)
+    assert [e.phase for e in events].count("done") == 4  # 2 releases x 2 seeds
+    nct, tcga = report["releases"]["nct"], report["releases"]["tcga-tumour"]
+    assert nct["train_releases"] == ["kather2016", "tcga-tumour"]
+    assert tcga["train_releases"] == ["kather2016", "nct"] and tcga["present"] == [1]
+    for protocol in ("predicted", "oracle"):
+        assert 0 <= nct["summary"][protocol]["mIoU"]["mean"] <= 1
+        assert nct["summary"][protocol]["mIoU"]["std"] >= 0
+        assert set(tcga["summary"][protocol]) == {"TUM_IoU", "TUM_recall"}
+    assert 0 <= nct["summary"]["predicted"]["other_painted"]["mean"] <= 1
+    assert nct["baselines"]["one_class_guess"]["mIoU"] >= nct["baselines"][
+        "random_present_class"]["mIoU"]
+    assert tcga["baselines"]["one_class_guess"]["TUM_IoU"] == 1.0  # tumour only
+    table = format_loro(report)
+    assert "| nct (mIoU) |" in table and "| tcga-tumour (TUM IoU) |" in table
+    json.dumps(report)  # JSON-able
+
+
+def test_mosaics_of_a_one_class_release_and_other_label() -> None:
+    from lpd.data.mosaic import MosaicGenerator, TileFolder
+    from lpd.data.sample import SAMPLE_ROOT
+
+    root = SAMPLE_ROOT / "tiles"
+    tumour = TileFolder(root, paths={"TUM": tuple(sorted((root / "tcga-tumour/TUM").iterdir())),
+                                     "STR": (), "LYM": (), "NEC": ()})
+    gen = MosaicGenerator(tumour, size=96, seed=3)
+    labels = np.concatenate([gen[i].labels.ravel() for i in range(6)])
+    assert set(np.unique(labels)) <= {0, 1} and (labels == 1).any()
+    nct = TileFolder(root / "nct")
+    marked = MosaicGenerator(nct, size=96, seed=3, other_label=5, background_fraction=0.6,
+                             other_fraction=1.0)
+    plain = MosaicGenerator(nct, size=96, seed=3, background_fraction=0.6, other_fraction=1.0)
+    a = np.stack([marked[i].labels for i in range(6)])
+    b = np.stack([plain[i].labels for i in range(6)])
+    assert (a == 5).any() and np.array_equal(np.where(a == 5, 0, a), b)

@@ -59,6 +59,13 @@ def register(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--inference-sweep", default=None,
                    help="configs whose background power / presence threshold are swept "
                    "(comma-separated, 'none'; default e_div)")
+    p.add_argument("--leave-one-release-out", action="store_true",
+                   help="instead: the default model's recipe with each release of its tiles "
+                   "held out in turn (train on the others, score on it), --seeds seeds "
+                   "(default 2), next to the one-class guess and a random-present-class "
+                   "baseline; writes FILE.json and FILE.md")
+    p.add_argument("--short", action="store_true",
+                   help="with --leave-one-release-out: the recipe's shortened training")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     p.add_argument("--out-dir", type=Path, help="keep each run's checkpoint and history here")
@@ -106,8 +113,47 @@ def settings_from_args(args: argparse.Namespace):  # -> AccuracySettings
     return dataclasses.replace(s, **changes)
 
 
+def run_loro_cli(args: argparse.Namespace) -> int:
+    """``--leave-one-release-out``: see ``lpd.bench.loro``."""
+    import json
+
+    import torch
+
+    from lpd._atomic import atomic_write_text
+    from lpd.bench.loro import LoroSettings, format_loro, run_loro
+    from lpd.infer.device import resolve_device
+
+    settings = LoroSettings(seeds=args.seeds or 2, steps=args.steps,
+                            eval_mosaics=args.eval_mosaics or 64, short=args.short,
+                            device=str(resolve_device(args.device)))
+    if settings.device == "cpu":
+        torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
+    print(f"lpd bench accuracy --leave-one-release-out: {settings.seeds} seed(s) per held-out "
+          f"release, {torch.get_num_threads()} torch thread(s)", flush=True)
+    gen = run_loro(settings)
+    while True:
+        try:
+            e = next(gen)
+        except StopIteration as stop:
+            report = stop.value
+            break
+        if e.phase != "train" or e.step % 20 == 0:
+            where = f"step {e.step}/{e.total}" if e.phase == "train" else e.phase
+            print(f"[held out {e.release}, seed {e.seed}] {where}", flush=True)
+    table = format_loro(report)
+    atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    md = args.json.with_suffix(".md")
+    atomic_write_text(md, table)
+    print(table)
+    print(f"wrote {args.json}, {md} in {report['seconds']} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from lpd.bench.accuracy import AccuracyBenchmark
+
+    if args.leave_one_release_out:
+        return run_loro_cli(args)
     from lpd.bench.report import write_outputs
 
     try:
