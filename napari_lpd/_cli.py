@@ -47,7 +47,11 @@ def _demo(device: str | None) -> int:
 
     viewer = napari.Viewer(title="napari-lpd demo")
     show_demo(viewer, device=device)
-    napari.run()
+    try:
+        napari.run()
+    except KeyboardInterrupt:  # Ctrl-C in the terminal: a message, not a traceback
+        print("napari-lpd demo: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

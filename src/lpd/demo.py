@@ -35,9 +35,10 @@ from lpd.viz import colourise_labels, overlay_heatmap, overlay_labels
 ProgressFn = Callable[[str, int, int], None]
 #: What the bundled slide region is, and what the model can be expected to find there.
 SLIDE_NOTE = ("CMU-1 region: skin (epidermis over dermis), no colorectal tissue and no "
-              "tumour. The model's classes are colorectal-like (TUM, STR, LYM, NEC): expect "
-              "dermis as stroma-like and dense cell layers as LYM- or TUM-like; tumour and "
-              "necrosis calls here are not findings.")
+              "tumour. The model knows colorectal-like classes only (TUM, STR, LYM, NEC) "
+              "and has never seen skin: expect wrong calls here (the shipped model paints "
+              "much of the dermis as NEC and dense cell layers as TUM or LYM). Tumour and "
+              "necrosis calls on this slide are not findings.")
 HELD_APART_TILES = ("held-apart tiles of kather2016, nct and tcga-tumour (listed in the "
                     "default model's recipe, never trained on)")
 
