@@ -7,6 +7,7 @@ only, at half opacity and hidden, so it is never mistaken for a finished result.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,8 @@ def _accepts(path: Path) -> bool:
 
 def read_paths(path: str | list[str]) -> list[LayerData]:
     """napari's entry point. A file that cannot be read (``InputError``, ``OSError``: what
-    a user's file can cause) becomes a one-line error notification naming the file and the
-    problem, and the other files still open; napari would otherwise report it as a plugin
+    a user's file can cause) becomes a one-line error notification, the problem first, then
+    the file, and the other files still open; napari would otherwise report it as a plugin
     failure with a traceback button. ``[(None,)]``: napari's "read, nothing to add"."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []
@@ -60,9 +61,36 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
         except (InputError, OSError) as exc:
             from napari.utils.notifications import show_error
 
-            what = exc if isinstance(exc, InputError) else f"{p}: {exc.strerror or exc}"
-            show_error(f"Could not open {what}")  # InputError: "<path>: <problem>"
+            show_error(f"Could not open: {reason_first(exc, p)}")
     return layers or [(None,)]
+
+
+def reason_first(exc: BaseException, path: str | os.PathLike[str] | None = None) -> str:
+    """``"<problem> — <file name> (<folder>)"``: the reason before the file, so a
+    notification cut short still says what is wrong.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error; the file is the one an ``InputError`` or ``OSError`` names.
+    path : str or PathLike, optional
+        The file when the error names none.
+
+    Returns
+    -------
+    str
+        The problem alone when there is no file.
+    """
+    if isinstance(exc, InputError):
+        problem, path = exc.problem, exc.path or path
+    elif isinstance(exc, OSError) and exc.strerror:
+        problem, path = exc.strerror, exc.filename or path
+    else:
+        problem = str(exc)
+    if path is None or isinstance(path, int):  # an OSError may name a file descriptor
+        return problem
+    full = Path(os.path.abspath(os.fsdecode(path)))
+    return f"{problem} — {full.name} ({full.parent})"
 
 
 def read_path(path: Path) -> list[LayerData]:

@@ -1,6 +1,7 @@
 """Fine-tune widget: train the current checkpoint on the tagged regions of an image.
 
-Runs ``lpd.finetune.fine_tune`` in a worker (live loss curve, step and ETA, Cancel), saves
+Runs ``lpd.finetune.fine_tune`` in a worker (live loss curve; the status line shows step,
+loss and ETA, updated at most once a second like every worker update; Cancel), saves
 the result under a new name, then re-segments the current view with it: through a docked
 ``SegmentWidget`` of the same viewer when there is one, else by predicting the visible
 region into the Labels layer "LPD labels (fine-tuned)". ``finished_checkpoint(str)`` is
@@ -31,11 +32,12 @@ from lpd.finetune import FineTuneResult, fine_tune
 from lpd.infer.device import available_devices
 from lpd.io.checkpoint import load_checkpoint
 from napari_lpd._layers import class_colormap, grid_transform, upsert_layer
-from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd._workers import RunHandle, error_message, notify_error, run_in_worker
 from napari_lpd.widgets._loss_plot import LossPlot
 from napari_lpd.widgets.tags import layer_file, opened_pixels, row_of, tagged_image, view_region
 
 FINETUNED_LABELS = "LPD labels (fine-tuned)"
+TUNING = "LPD fine-tuning"  # the stage of the fine-tuning steps (the progress bar's text)
 log = logging.getLogger(__name__)
 MAX_VIEW_PIXELS = 4096 * 4096  # the fallback re-segmentation refuses bigger views
 
@@ -43,6 +45,23 @@ MAX_VIEW_PIXELS = 4096 * 4096  # the fallback re-segmentation refuses bigger vie
 def _eta(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}:{secs:02d}"
+
+
+def step_line(progress: Any) -> str:
+    """``"Step 12/40 · loss 0.734 · ETA 0:35"`` for a ``lpd.train.TrainProgress``.
+
+    Parameters
+    ----------
+    progress : TrainProgress
+        A training step's progress (``step``, ``total``, ``loss``, ``eta`` in seconds).
+
+    Returns
+    -------
+    str
+        One status line.
+    """
+    return (f"Step {progress.step}/{progress.total} · loss {progress.loss:.3f} · "
+            f"ETA {_eta(progress.eta)}")
 
 
 def _halo(model: Any) -> int:
@@ -60,6 +79,7 @@ class FineTuneWidget(qw.QWidget):
         self.viewer = viewer
         self.handle: RunHandle | None = None
         self.result: FineTuneResult | None = None
+        self._last: Any = None  # the last TrainProgress shown
         self.train_config = TrainConfig(warmup_iters=0)  # loss weights, augmentation...
         self._stop = threading.Event()
         self._image_layer: Image | None = None  # the layer of the last run
@@ -99,14 +119,13 @@ class FineTuneWidget(qw.QWidget):
         self.cancel_button = qw.QPushButton("Cancel", clicked=self.cancel, toolTip=(
             "End now and save nothing: the checkpoint stays as it was"))
         self.loss_plot = LossPlot()
-        self.progress_label = qw.QLabel("")
         self.status = qw.QLabel("Tag regions with the tag annotator, then fine-tune.")
         self.status.setWordWrap(True)
         layout = qw.QVBoxLayout(self)
         layout.addLayout(form)
         for widget in (self.resegment_check,
                        row_of(self.run_button, self.stop_button, self.cancel_button),
-                       self.loss_plot, self.progress_label, self.status):
+                       self.loss_plot, self.status):
             layout.addWidget(widget)
         self._set_running(False)
 
@@ -148,12 +167,12 @@ class FineTuneWidget(qw.QWidget):
             return None
         self.result = None
         self._stop.clear()
+        self._last = None
         self.loss_plot.clear()
-        self.progress_label.setText("")
         self.status.setText("Starting…")
         self._set_running(True)
         self.handle = run_in_worker(
-            job, description="LPD fine-tuning", total=lambda v: v[1].total,
+            job, description=TUNING, total=lambda v: v[1].total,
             done=lambda v: v[1].step, describe=lambda v: v[0],
             on_yield=self._on_progress, on_return=self._on_done,
             on_error=self._on_error, on_finish=self._on_finish)
@@ -207,17 +226,22 @@ class FineTuneWidget(qw.QWidget):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, values: list) -> None:
+        """The values yielded since the last update (at most one update a second)."""
         stage, last = values[-1]
-        tuning = [p for s, p in values if s == "LPD fine-tuning"]
+        tuning = [p for s, p in values if s == TUNING]
         if tuning:
             self.loss_plot.append([p.step for p in tuning], [p.loss for p in tuning])
-        self.progress_label.setText(f"{stage}: step {last.step}/{last.total} · loss "
-                                    f"{last.loss:.4f} · ETA {_eta(last.eta)}")
+            self._last = tuning[-1]
+        if not self._stop.is_set():  # "Stopping…" stays until the end
+            line = step_line(last)
+            self.status.setText(line if stage == TUNING else f"{stage}: {line}")
 
     def _on_done(self, result: FineTuneResult) -> None:
         self.result = result
-        ended = "done" if result.completed else f"stopped at step {result.steps_done}"
-        self.status.setText(f"Fine-tuning {ended}; saved {result.checkpoint}.")
+        ended = "done" if result.completed else "stopped"
+        loss = f" · loss {self._last.loss:.3f}" if self._last is not None else ""
+        self.status.setText(f"Fine-tuning {ended} after {result.steps_done} steps{loss}; "
+                            f"saved {result.checkpoint}.")
         for note in result.notes:
             show_info(note)
         if result.checkpoint is None:
@@ -228,13 +252,15 @@ class FineTuneWidget(qw.QWidget):
             self.resegment(result.checkpoint)
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Failed: {exc}")
+        self.status.setText(f"Failed: {error_message(exc)}")
         notify_error(exc, "Fine-tuning")
 
     def _on_finish(self, handle: RunHandle) -> None:
         self._set_running(False)
         if handle.cancelled:
-            self.status.setText("Cancelled: nothing was saved; the checkpoint is unchanged.")
+            at = f" at step {self._last.step}/{self._last.total}" if self._last else ""
+            self.status.setText(f"Cancelled{at}: nothing was saved; the checkpoint is "
+                                "unchanged.")
 
     # ---- re-segmentation ---------------------------------------------------------------
     def segment_widget(self) -> Any:
@@ -284,14 +310,14 @@ class FineTuneWidget(qw.QWidget):
 
 
 def _tagged(gen: Any) -> Any:
-    """Yield ``("LPD fine-tuning", progress)`` for each step of ``gen``; return its value."""
+    """Yield ``(TUNING, progress)`` for each step of ``gen``; return its value."""
     while True:
         try:
             progress = next(gen)
         except StopIteration as stop:
             return stop.value
         try:
-            yield "LPD fine-tuning", progress
+            yield TUNING, progress
         except GeneratorExit:
             gen.close()  # Cancel: fine_tune saves nothing
             raise

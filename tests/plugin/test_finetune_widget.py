@@ -4,6 +4,7 @@ view; Cancel keeps the original and writes nothing; Stop & save keeps a partial 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_fine_tune_writes_a_new_checkpoint_and_resegments(setup, qtbot) -> None:
     old, tuned = load_checkpoint(checkpoint).state_dict(), load_checkpoint(new).state_dict()
     assert any(not torch.equal(old[k], tuned[k]) for k in old if old[k].is_floating_point())
     assert widget.loss_plot.steps == [1, 2] and all(np.isfinite(widget.loss_plot.losses))
-    assert "step 2/2" in widget.progress_label.text() and "ETA" in widget.progress_label.text()
+    assert widget.status.text().startswith("Fine-tuning done after 2 steps · loss ")
     assert widget.checkpoint_edit.text() == str(new)  # the next run continues from it
     # No segment widget is docked: the view is re-segmented into its own Labels layer.
     qtbot.waitUntil(lambda: FINETUNED_LABELS in viewer.layers, timeout=60_000)
@@ -104,6 +105,21 @@ def test_cancel_keeps_the_original_and_writes_nothing(setup, qtbot) -> None:
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["tiny.safetensors"]
     assert _digest(checkpoint) == before
     assert "Cancelled" in widget.status.text() and widget.run_button.isEnabled()
+
+
+def test_status_shows_step_loss_and_eta_while_training(setup, qtbot) -> None:
+    viewer, widget, checkpoint = setup
+    widget.steps_spin.setValue(500)
+    handle = widget.run()
+    assert widget.status.text() == "Starting…"
+    line = re.compile(r"Step (\d+)/500 · loss \d+\.\d{3} · ETA \d+:\d\d")
+    qtbot.waitUntil(lambda: line.fullmatch(widget.status.text()) is not None, timeout=60_000)
+    step = int(line.fullmatch(widget.status.text()).group(1))
+    assert 1 <= step < 500
+    widget.cancel()
+    _wait(qtbot, handle)
+    assert re.fullmatch(r"Cancelled at step \d+/500: nothing was saved; the checkpoint is "
+                        r"unchanged\.", widget.status.text())
 
 
 def test_stop_and_save_keeps_a_partial_model(setup, qtbot) -> None:

@@ -43,12 +43,14 @@ def test_one_progress_bar_per_job_renamed_per_stage(make_napari_viewer, qtbot,
     make_napari_viewer()
     created: list[str] = []
     renamed: list[str] = []
+    moved: list[int] = []  # the bar's value events (the activity dock's bar follows them)
     real_progress = _workers.progress
 
     def recording(**kwargs):
         created.append(kwargs["desc"])
         bar = real_progress(**kwargs)
         bar.events.description.connect(lambda event: renamed.append(event.value))
+        bar.events.value.connect(lambda event: moved.append(event.value))
         return bar
 
     monkeypatch.setattr(_workers, "progress", recording)
@@ -59,10 +61,29 @@ def test_one_progress_bar_per_job_renamed_per_stage(make_napari_viewer, qtbot,
 
     values: list[str] = []
     handle = _workers.run_in_worker(job, description="job", total=lambda v: 3,
-                                    done=lambda v: 1, describe=lambda v: f"stage {v}",
+                                    done=lambda v: ord(v) - ord("a"), describe=lambda v: f"stage {v}",
                                     on_yield=values.extend)
     assert created == ["job"]  # at the start, before any value
     wait_for(qtbot, handle)
     assert values == ["a", "a", "b", "c"]
     assert created == ["job"] and renamed == ["stage a", "stage b", "stage c"]
+    # the bar itself moves, not only its "n/total" text (issue: it stayed at 0 %)
+    assert moved[-1] == 2 and moved == sorted(moved)
     assert handle.bar is None  # closed at the end
+
+
+def test_error_messages_put_the_reason_before_the_file(monkeypatch) -> None:
+    from lpd.errors import CheckpointError, InputError
+
+    folder = "/very/long/path/to/the/slides/of/a/study"
+    shown: list[str] = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    _workers.notify_error(InputError(f"{folder}/case 7.svs", "file is truncated"), "Reading")
+    assert shown == [f"Reading failed: file is truncated — case 7.svs ({folder})"]
+    message = _workers.error_message(CheckpointError(f"{folder}/m.safetensors", "NaN weights"))
+    assert message.startswith("NaN weights — ") and message.endswith(f"m.safetensors ({folder})")
+    missing = FileNotFoundError(2, "No such file or directory", f"{folder}/gone.svs")
+    assert _workers.error_message(missing) == (
+        f"FileNotFoundError: No such file or directory — gone.svs ({folder})")
+    assert _workers.error_message(InputError(None, "choose an image")) == "choose an image"
+    assert _workers.error_message(ValueError("bad")) == "ValueError: bad"
