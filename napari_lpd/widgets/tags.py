@@ -1,20 +1,24 @@
 """Tag annotator: rectangles or grid cells of an image, with the classes present in each.
 
 The image's ``lpd.data.tags.TagStore`` is the truth, mirrored by the "LPD tags" Shapes layer
-(feature ``region_id``). Each change is saved at once to the sidecar beside the image, whose
-tags show again when the image is opened. Grid mode: click cells of one model patch."""
+(feature ``region_id``). Each change is saved at once to the image's sidecar
+(``lpd.data.tags.sidecar_path``), whose tags show again when the image is opened; the last
+``MAX_UNDO`` edits can be undone (Ctrl+Z). The class boxes edit the one selected region,
+else they hold the classes of the next region. Grid mode: click cells of one model patch."""
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import napari.viewer
 import numpy as np
 import pandas as pd
+from app_model.types import KeyCode, KeyMod
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_info, show_warning
 from qtpy import QtWidgets as qw
@@ -22,13 +26,15 @@ from qtpy.QtCore import QSignalBlocker
 
 from lpd.classes import CLASS_COLOURS, CLASS_LONG_NAMES, CLASS_NAMES
 from lpd.data.slide import open_slide
-from lpd.data.tags import TagStore, cell_size, grid_cells, iter_export, sidecar_path
+from lpd.data.tags import TagRegion, TagStore, cell_size, grid_cells, iter_export, sidecar_path
 from lpd.errors import InputError
 from napari_lpd._layers import image_shape, image_source, visible_region
 from napari_lpd._workers import RunHandle, notify_error, run_in_worker
 
 TAGS_LAYER, GRID_LAYER = "LPD tags", "LPD tag grid"
 MAX_GRID_CELLS = 3000  # a Shapes layer with many more cells gets slow to draw
+MAX_UNDO = 20  # tag edits kept for Undo
+UNDO_KEY = KeyMod.CtrlCmd | KeyCode.KeyZ
 _DONE_ACTIONS = ("added", "removed", "changed")  # not the "...ing" events of a drag
 _UNTAGGED = (0.6, 0.6, 0.6, 1.0)
 
@@ -36,7 +42,7 @@ _UNTAGGED = (0.6, 0.6, 0.6, 1.0)
 @dataclass
 class TaggedImage:
     layer: Image
-    path: Path  # the image file (the sidecar goes beside it)
+    path: Path  # the image file (its tags: lpd.data.tags.sidecar_path(path))
     size: tuple[int, int]  # level-0 (height, width)
     mpp: float | None
 
@@ -88,6 +94,8 @@ class TagAnnotatorWidget(qw.QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent: qw.QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
+        self._next_classes: set[str] = set()  # the boxes when not editing one region
+        self._history: deque[list[TagRegion]] = deque(maxlen=MAX_UNDO)  # regions before
         self._build()
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
@@ -105,6 +113,10 @@ class TagAnnotatorWidget(qw.QWidget):
         form.addRow("Patch", row_of(self.patch_spin, self.mpp_spin))
         self.draw_button = qw.QPushButton("Draw rectangle", clicked=self.start_rectangle)
         self.grid_button = qw.QPushButton("Grid cells", checkable=True, toggled=self.set_grid)
+        self.undo_button = qw.QPushButton("Undo", clicked=self.undo, enabled=False, toolTip=(
+            f"Undo the last tag edit (Ctrl+Z on the tags layer; {MAX_UNDO} are kept)"))
+        self.boxes_label = qw.QLabel(  # what the class boxes act on
+            "Classes for the next region you draw", wordWrap=True)
         self.class_boxes: dict[str, qw.QCheckBox] = {}
         for name in CLASS_NAMES:
             box = self.class_boxes[name] = qw.QCheckBox(name)
@@ -112,7 +124,8 @@ class TagAnnotatorWidget(qw.QWidget):
             ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "white"
             box.setStyleSheet(f"QCheckBox {{ background: rgb({r},{g},{b}); color: {ink}; "
                               "border-radius: 3px; padding: 1px 4px }")
-            box.setToolTip(f"{CLASS_LONG_NAMES[name]}: present in the selected region(s)")
+            box.setToolTip(f"{CLASS_LONG_NAMES[name]}: present in the selected region "
+                           "(or, with none selected, in the next one you draw)")
             box.toggled.connect(lambda on, n=name: self._class_toggled(n, on))
         self.table = qw.QTableWidget(0, 3, minimumHeight=120, editTriggers=(
             qw.QAbstractItemView.EditTrigger.NoEditTriggers))
@@ -123,9 +136,9 @@ class TagAnnotatorWidget(qw.QWidget):
         self.status = qw.QLabel(wordWrap=True)
         layout = qw.QVBoxLayout(self)
         layout.addLayout(form)
-        for widget in (row_of(self.draw_button, self.grid_button),
-                       row_of(*self.class_boxes.values()), self.table, self.export_button,
-                       self.status):
+        for widget in (row_of(self.draw_button, self.grid_button, self.undo_button),
+                       self.boxes_label, row_of(*self.class_boxes.values()), self.table,
+                       self.export_button, self.status):
             layout.addWidget(widget)
 
     def _refresh_images(self, prefer: str | None = None) -> None:
@@ -156,6 +169,8 @@ class TagAnnotatorWidget(qw.QWidget):
             layer = self.viewer.layers[layer] if layer in self.viewer.layers else None
         self.grid_button.setChecked(False)
         self.image, self.store = tagged_image(layer), None
+        self._history.clear()
+        self.undo_button.setEnabled(False)
         if self.image is None:
             self.status.setText(f"{layer.name!r} has no file to keep tags beside." if layer
                                 else "Choose an image opened from a file.")
@@ -194,6 +209,7 @@ class TagAnnotatorWidget(qw.QWidget):
                     text={"string": "{label}", "color": "white", "size": 10,
                           "anchor": "upper_left"})
                 self.shapes.events.data.connect(self._on_data)
+                self.shapes.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
                 self.shapes.selected_data.events.items_changed.connect(self._on_selection)
             self.shapes.selected_data = set()
             self.shapes.data = []
@@ -204,7 +220,7 @@ class TagAnnotatorWidget(qw.QWidget):
             if regions:
                 self.shapes.add_rectangles([_rectangle(r.bbox) for r in regions])
         self._restyle([r.id for r in regions])
-        self.status.setText(f"{len(regions)} region(s), saved in {self.store.sidecar.name}.")
+        self.status.setText(f"{len(regions)} region(s). Tags are kept in {self.store.sidecar}")
         return None
 
     def _on_data(self, event: Any) -> None:
@@ -217,8 +233,7 @@ class TagAnnotatorWidget(qw.QWidget):
             return
         ids = self.shapes.features["region_id"].to_numpy()
         known = {r.id: r for r in self.store.regions}
-        ticked = [n for n, box in self.class_boxes.items() if box.isChecked()]
-        kept, changed = [], False
+        snapshot, kept, changed = self._regions(), [], False
         for i, vertices in enumerate(self.shapes.data):
             (y0, x0), (y1, x1) = np.min(vertices, axis=0), np.max(vertices, axis=0)
             bbox = (x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
@@ -226,15 +241,35 @@ class TagAnnotatorWidget(qw.QWidget):
             if rid in known and rid not in kept:
                 before = known[rid].bbox
                 changed |= self.store.update(rid, bbox=bbox).bbox != before
-            else:  # a new shape: a new region with the ticked classes
-                rid, changed = self.store.add(bbox, ticked).id, True
+            else:  # a new shape: a new region with the classes for the next region
+                rid, changed = self.store.add(bbox, self._next_classes).id, True
             kept.append(rid)
         for region in [r for r in self.store.regions if r.id not in kept]:
             self.store.remove(region.id)
             changed = True
         self._restyle(kept)
         if changed:
+            self._remember(snapshot)
             self._save()
+
+    def _regions(self) -> list[TagRegion]:
+        return [replace(r) for r in self.store.regions] if self.store is not None else []
+
+    def _remember(self, regions: list[TagRegion]) -> None:
+        """Keep the regions as they were before an edit, for ``undo``."""
+        self._history.append(regions)
+        self.undo_button.setEnabled(True)
+
+    def undo(self) -> None:
+        """Revert the last tag edit (a region added, deleted, moved or its classes changed):
+        the store, its sidecar and the shapes as they were before it."""
+        if self.store is None or not self._history:
+            return show_info("Nothing to undo.")
+        self.store.regions = self._history.pop()
+        self.undo_button.setEnabled(bool(self._history))
+        self._rebuild_shapes()
+        self._save()
+        return None
 
     def _restyle(self, ids: list[int] | None = None) -> None:
         """The shapes' region ids (default: as they are), colours and texts; the table."""
@@ -251,6 +286,7 @@ class TagAnnotatorWidget(qw.QWidget):
                     self.shapes.edge_color = edges
                     self.shapes.face_color = np.concatenate([edges[:, :3], edges[:, 3:] * 0.15], 1)
         self._refresh_table()
+        self._on_selection()
 
     def _refresh_table(self) -> None:
         regions = self.store.regions if self.store is not None else []
@@ -268,7 +304,7 @@ class TagAnnotatorWidget(qw.QWidget):
             return notify_error(exc, "Saving tags")
         if store.last_backup not in (None, backup):
             show_warning(f"The unreadable old tag file was kept as {store.last_backup}")
-        self.status.setText(f"{len(store.regions)} region(s), saved in {path.name}.")
+        self.status.setText(f"{len(store.regions)} region(s). Tags saved to {path}")
         return None
 
     def selected_ids(self) -> list[int]:
@@ -279,21 +315,30 @@ class TagAnnotatorWidget(qw.QWidget):
         return [int(ids[i]) for i in sorted(self.shapes.selected_data) if ids[i] in known]
 
     def _on_selection(self, event: Any = None) -> None:
-        """The class boxes show the selection's classes (ticked: all selected have it)."""
-        regions = [self.store.region(i) for i in self.selected_ids()] if self.store else []
-        for name, box in self.class_boxes.items() if regions else ():
+        """One region selected: the boxes show its classes (loading them edits nothing);
+        otherwise they show the classes for the next region. The label says which."""
+        ids = self.selected_ids()
+        region = self.store.region(ids[0]) if len(ids) == 1 else None  # type: ignore[union-attr]
+        shown = set(region.classes) if region else self._next_classes
+        for name, box in self.class_boxes.items():
             with QSignalBlocker(box):
-                box.setChecked(all(name in r.classes for r in regions))
+                box.setChecked(name in shown)
+        many = f"{len(ids)} regions selected: select one to edit its tags. " if ids else ""
+        self.boxes_label.setText(f"Editing the tags of region {region.id}" if region else
+                                 f"{many}Classes for the next region you draw")
 
     def _class_toggled(self, name: str, on: bool) -> None:
-        """Add or remove one class on every selected region (their other classes stay)."""
-        ids = self.selected_ids()
-        for rid in ids:
-            classes = set(self.store.region(rid).classes)  # type: ignore[union-attr]
-            self.store.update(rid, classes=(classes | {name}) if on else (classes - {name}))  # type: ignore[union-attr]
-        if ids:
-            self._restyle()
-            self._save()
+        """Add or remove a class: on the one selected region, else for the next region."""
+        store, ids = self.store, self.selected_ids()
+        if store is None or len(ids) != 1:
+            self._next_classes = self._next_classes | {name} if on else self._next_classes - {name}
+            return self._on_selection()
+        before, classes = self._regions(), set(store.region(ids[0]).classes)
+        store.update(ids[0], classes=classes | {name} if on else classes - {name})
+        self._remember(before)
+        self._restyle()
+        self._save()
+        return None
 
     def select_regions(self, ids: list[int]) -> None:
         if self.shapes is not None:
@@ -329,6 +374,7 @@ class TagAnnotatorWidget(qw.QWidget):
                            translate=layer.translate[-2:], edge_width=max(1.0, cell / 40),
                            edge_color=[1, 1, 1, 0.7], face_color=[0, 0, 0, 0])
         self.grid.mouse_drag_callbacks.append(self._grid_drag)
+        self.grid.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
         self.viewer.layers.append(self.grid)
         self.viewer.layers.selection.active = self.grid
         self.status.setText("Grid: click cells to tag them, then tick their classes.")
@@ -347,7 +393,8 @@ class TagAnnotatorWidget(qw.QWidget):
 
     def select_cell(self, x: float, y: float) -> int | None:
         """Select the grid cell at level-0 (x, y): its region if it has one, else a new
-        region with the ticked classes. Returns the region id (None outside the image)."""
+        region with the classes for the next region. Returns the region id (None outside
+        the image)."""
         if self.image is None or self.store is None or self.shapes is None:
             return None
         cells = grid_cells(self.image.size, self.cell(), (x, y, 1, 1))
@@ -355,8 +402,9 @@ class TagAnnotatorWidget(qw.QWidget):
             return None
         rid = next((r.id for r in self.store.regions if r.bbox == cells[0]), None)
         if rid is None:
-            ticked = [n for n, box in self.class_boxes.items() if box.isChecked()]
-            rid = self.store.add(cells[0], ticked, source="grid").id
+            before = self._regions()
+            rid = self.store.add(cells[0], self._next_classes, source="grid").id
+            self._remember(before)
             ids = [int(i) for i in self.shapes.features["region_id"]] + [rid]
             with self._quiet():
                 self.shapes.add_rectangles([_rectangle(cells[0])])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,15 @@ import pytest
 from PIL import Image
 
 import lpd._atomic
+import lpd.data.tags
 from lpd.data.bcss import parse_tags
+from lpd.data.sample import CMU_SLIDE, SAMPLE_ROOT
 from lpd.data.synthetic import synthetic_tissue
 from lpd.data.tags import (
     TagStore,
     cell_size,
     export_training_folder,
+    folder_writable,
     grid_cells,
     iter_export,
     safe_stem,
@@ -210,3 +214,46 @@ def test_export_name_from_a_hostile_image_file_name(tmp_path: Path) -> None:
     assert f.parent == tmp_path / "out" / "train"
     np.testing.assert_array_equal(parse_tags(f), [1, 0, 0, 0])
     assert safe_stem("../../a/b") == "a_b" and safe_stem("..") == "image"
+
+
+def test_sidecars_of_samples_and_read_only_folders_go_to_the_data_folder(
+        tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("LPD_DATA_DIR", str(data))
+    sample = sidecar_path(CMU_SLIDE)  # never inside the (installed) package
+    assert sample.parent == data / "tags" and SAMPLE_ROOT not in sample.parents
+    store = TagStore(CMU_SLIDE)
+    store.add((0, 0, 10, 10), ["TUM"])
+    assert store.save() == sample and sample.exists()
+    assert [r.classes for r in TagStore.load(CMU_SLIDE).regions] == [("TUM",)]
+
+    mine = tmp_path / "mine" / "he.png"  # a user's writable folder: beside the image
+    mine.parent.mkdir()
+    assert sidecar_path(mine) == mine.parent / "he.png.lpd-tags.json"
+
+    shared, other = tmp_path / "shared" / "he.png", tmp_path / "shared2" / "he.png"
+    read_only = {shared.parent, other.parent}  # read-only folders: the data folder
+    for folder in read_only:
+        folder.mkdir()
+        os.chmod(folder, 0o555)
+    try:
+        if folder_writable(shared.parent):  # root writes anyway: pretend it cannot
+            assert os.geteuid() == 0
+            real = folder_writable
+            monkeypatch.setattr(lpd.data.tags, "folder_writable",
+                                lambda folder: Path(folder) not in read_only and real(folder))
+        ro = sidecar_path(shared)
+        assert ro.parent == data / "tags" and ro.name.startswith("he.png-")
+        assert sidecar_path(shared) == ro != sidecar_path(other)  # stable, no collision
+        assert sidecar_path(other).parent == data / "tags"
+    finally:
+        for folder in read_only:
+            os.chmod(folder, 0o755)
+    assert not any(p.name.endswith(".lpd-tags.json") for p in tmp_path.rglob("*")
+                   if data not in p.parents)
+
+
+def test_folder_writable_checks_for_real(tmp_path: Path) -> None:
+    assert folder_writable(tmp_path)
+    assert not folder_writable(tmp_path / "missing")
+    assert list(tmp_path.iterdir()) == []  # the test file is gone

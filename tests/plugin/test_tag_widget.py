@@ -15,13 +15,14 @@ from napari.utils.interactions import (
     mouse_press_callbacks,
     mouse_release_callbacks,
 )
+from napari.utils.key_bindings import coerce_keybinding
 from PIL import Image as PILImage
 
 from lpd.classes import CLASS_COLOURS
 from lpd.data.bcss import parse_tags
 from lpd.data.synthetic import synthetic_tissue
 from lpd.data.tags import TagStore, sidecar_path
-from napari_lpd.widgets.tags import GRID_LAYER, TAGS_LAYER, TagAnnotatorWidget
+from napari_lpd.widgets.tags import GRID_LAYER, MAX_UNDO, TAGS_LAYER, UNDO_KEY, TagAnnotatorWidget
 
 pytestmark = pytest.mark.gui
 
@@ -139,7 +140,9 @@ def test_damaged_sidecar_is_reported_and_kept(make_napari_viewer, image_file,
     errors: list[str] = []
     monkeypatch.setattr("napari_lpd._workers.show_error", errors.append)
     viewer, widget = _viewer_with(make_napari_viewer, path, rgb)
-    assert len(errors) == 1 and "not readable JSON" in errors[0] and str(sidecar_path(path)) in errors[0]
+    sidecar = sidecar_path(path)  # named as "<problem> — <file> (<folder>)"
+    assert len(errors) == 1 and "not readable JSON" in errors[0]
+    assert f"{sidecar.name} ({sidecar.parent})" in errors[0]
     assert widget.store is not None and widget.store.regions == []
     widget.shapes.add_rectangles([_rect(0, 0, 20, 20)])
     backup = sidecar_path(path).with_name(sidecar_path(path).name + ".bak")
@@ -162,3 +165,87 @@ def test_export_training_folder_from_the_widget(make_napari_viewer, qtbot, image
     np.testing.assert_array_equal(parse_tags(files[0]), [0, 0, 1, 0])
     np.testing.assert_array_equal(np.asarray(PILImage.open(files[1])), rgb[0:64, 64:128])
     assert "Exported 2 patches" in widget.status.text()
+
+
+def _classes(widget) -> list[tuple[str, ...]]:
+    return [r.classes for r in TagStore.load(widget.store.image_path).regions]
+
+
+def test_class_boxes_edit_only_the_one_selected_region(make_napari_viewer, image_file) -> None:
+    path, rgb = image_file
+    viewer, widget = _viewer_with(make_napari_viewer, path, rgb)
+    shapes, boxes = widget.shapes, widget.class_boxes
+    boxes["TUM"].setChecked(True)
+    shapes.add_rectangles([_rect(0, 0, 40, 40), _rect(50, 50, 40, 40)])
+    assert "next region" in widget.boxes_label.text()
+    shapes.selected_data = {1}  # loading a region's tags into the boxes edits nothing
+    assert widget.boxes_label.text() == "Editing the tags of region 2"
+    assert boxes["TUM"].isChecked() and not boxes["LYM"].isChecked()
+    assert _classes(widget) == [("TUM",), ("TUM",)]
+    boxes["LYM"].setChecked(True)  # one region selected: it is edited
+    assert _classes(widget) == [("TUM",), ("TUM", "LYM")]
+    shapes.selected_data = set()  # deselected: the boxes are the next region's classes again
+    assert "next region" in widget.boxes_label.text() and not boxes["LYM"].isChecked()
+    boxes["TUM"].setChecked(False)
+    boxes["NEC"].setChecked(True)
+    assert _classes(widget) == [("TUM",), ("TUM", "LYM")]  # no stored region changed
+    shapes.selected_data = {0, 1}  # two selected: the boxes edit neither
+    assert "2 regions selected" in widget.boxes_label.text()
+    boxes["STR"].setChecked(True)
+    assert _classes(widget) == [("TUM",), ("TUM", "LYM")]
+    shapes.selected_data = set()
+    shapes.add_rectangles([_rect(100, 100, 40, 40)])
+    assert _classes(widget) == [("TUM",), ("TUM", "LYM"), ("STR", "NEC")]
+
+
+def test_undo_reverts_the_last_edits_in_order(make_napari_viewer, image_file) -> None:
+    path, rgb = image_file
+    viewer, widget = _viewer_with(make_napari_viewer, path, rgb)
+    shapes = widget.shapes
+    assert not widget.undo_button.isEnabled()
+    widget.class_boxes["TUM"].setChecked(True)  # not an edit of a region
+    shapes.add_rectangles([_rect(0, 0, 40, 40)])  # edit 1: add
+    shapes.add_rectangles([_rect(50, 50, 40, 40)])  # edit 2: add
+    shapes.selected_data = {0}
+    widget.class_boxes["STR"].setChecked(True)  # edit 3: classes
+    shapes.remove_selected()  # edit 4: delete
+    assert _classes(widget) == [("TUM",)]
+    widget.undo_button.click()  # the deleted region is back, with its classes
+    assert _classes(widget) == [("TUM", "STR"), ("TUM",)]
+    assert list(shapes.features["label"]) == ["TUM+STR", "TUM"] and len(shapes.data) == 2
+    shapes.keymap[coerce_keybinding(UNDO_KEY)](shapes)  # Ctrl+Z on the tags layer
+    assert _classes(widget) == [("TUM",), ("TUM",)]
+    widget.undo_button.click()
+    assert _classes(widget) == [("TUM",)] and len(shapes.data) == 1
+    widget.undo_button.click()
+    assert _classes(widget) == [] and len(shapes.data) == 0
+    assert not widget.undo_button.isEnabled()
+    assert str(sidecar_path(path)) in widget.status.text()
+
+    for i in range(MAX_UNDO + 5):  # only the last MAX_UNDO edits are kept
+        shapes.add_rectangles([_rect(i, i, 10, 10)])
+    while widget.undo_button.isEnabled():
+        widget.undo_button.click()
+    assert len(widget.store.regions) == 5 and len(TagStore.load(path).regions) == 5
+
+
+def test_status_shows_the_full_sidecar_path(make_napari_viewer, image_file, tmp_path,
+                                            monkeypatch) -> None:
+    path, rgb = image_file
+    viewer, widget = _viewer_with(make_napari_viewer, path, rgb)
+    assert str(sidecar_path(path)) in widget.status.text()
+    widget.shapes.add_rectangles([_rect(0, 0, 20, 20)])
+    assert f"Tags saved to {sidecar_path(path)}" in widget.status.text()
+
+    # The bundled sample's tags go to the user data folder, not into the package.
+    from lpd.data.sample import SAMPLE_ROOT
+
+    monkeypatch.setenv("LPD_DATA_DIR", str(tmp_path / "data"))
+    sample = SAMPLE_ROOT / "tiles" / "he.png"
+    viewer.add_image(rgb, name="sample", rgb=True, metadata={"lpd_path": str(sample)})
+    widget.set_image("sample")
+    widget.shapes.add_rectangles([_rect(0, 0, 20, 20)])
+    saved = sidecar_path(sample)
+    assert saved.parent == tmp_path / "data" / "tags" and saved.exists()
+    assert f"Tags saved to {saved}" in widget.status.text()
+    assert not (SAMPLE_ROOT / "tiles" / "he.png.lpd-tags.json").exists()
