@@ -147,6 +147,28 @@ def shape_region(shapes: Any, image: Any, index: int | None = None) -> tuple[int
     return x0, y0, x1 - x0, y1 - y0
 
 
+def shape_polygon(shapes: Any, image: Any, index: int | None = None) -> np.ndarray:
+    """(N, 2) vertices (x, y) in the image's level-0 pixels of shape ``index`` (default:
+    the selected shape, else the last one): a rectangle or polygon as drawn, an ellipse as
+    a 64-gon. Raises ValueError for lines and paths (they enclose no area)."""
+    if not len(shapes.data):
+        raise ValueError(f"the shapes layer {shapes.name!r} has no shapes; draw one first")
+    if index is None:
+        selected = sorted(shapes.selected_data)
+        index = selected[0] if selected else len(shapes.data) - 1
+    kind = shapes.shape_type[index]
+    if kind in ("line", "path"):
+        raise ValueError(f"the selected shape is a {kind}: draw a rectangle, polygon or ellipse")
+    vertices = np.asarray(shapes.data[index], dtype=float)
+    points = np.array([image.world_to_data(shapes.data_to_world(v))[-2:] for v in vertices])
+    if kind == "ellipse":  # napari stores its bounding box's four corners
+        centre = points.mean(axis=0)
+        radii = (points.max(axis=0) - points.min(axis=0)) / 2
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        points = centre + np.stack([radii[0] * np.sin(t), radii[1] * np.cos(t)], axis=1)
+    return points[:, ::-1].copy()  # (y, x) -> (x, y)
+
+
 def image_shape(layer: Any) -> tuple[int, int]:
     """Level-0 (H, W) of an RGB image layer."""
     data = layer.data[0] if layer.multiscale else layer.data

@@ -2,17 +2,15 @@
 
     xvfb-run -a python scripts/make_screenshots.py [--out docs/images] [--quick]
 
-Model: the default model when it is cached (``lpd.default_model``); otherwise it is
-trained first (its fixed recipe, a few minutes on CPU) and cached, as the plugin does on
-first use. ``--quick`` trains a shorter recipe instead (80 steps, cached under its own
-name) when the default is not cached: quicker, rougher maps. The script prints which model
-it used. Images: the bundled CMU-1 slide region (Aperio SVS) and a mosaic of real NCT-CRC-HE
-tiles with its ground truth."""
+Model: the shipped default model (``lpd.default_model``), or ``--checkpoint``. Images: the
+bundled CMU-1 slide region (Aperio SVS) and a mosaic of the default model's held-apart tiles
+with its ground truth. Besides the README's pictures it shoots the Segment widget's legend,
+the tag widget with tagged regions, and two kept results (whole image, current view) side
+by side. Tags go to a temporary data folder (``LPD_DATA_DIR``), not the user's."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
@@ -50,29 +48,19 @@ def settle(viewer, seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
-def checkpoint(quick: bool) -> tuple[Path, str]:
-    from lpd.default_model import DEFAULT_RUN, default_checkpoint_path, is_cached
-    from lpd.default_model import train_default_model as train
+def newest_result(viewer, image_name: str):
+    """The latest finished result layer of an image (results are kept side by side)."""
+    from napari_lpd._layers import RUNNING, labels_name
 
-    if is_cached():
-        return default_checkpoint_path(), "the cached default model"
-    run = DEFAULT_RUN
-    label = "the default model (trained now, then cached)"
-    if quick:
-        run = dataclasses.replace(DEFAULT_RUN, train=dataclasses.replace(
-            DEFAULT_RUN.train, steps=80, warmup_iters=30))
-        label = "a quick-trained model (default recipe, 80 steps)"
-        if is_cached(run):
-            return default_checkpoint_path(run), label
-    print(f"Training {label} ...", flush=True)
-    gen = train(run)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            return Path(stop.value), label
-        if p.step % 20 == 0:
-            print(f"  step {p.step}/{p.total} loss {p.loss:.3f}", flush=True)
+    return [layer for layer in viewer.layers if layer.name.startswith(labels_name(image_name))
+            and not layer.name.endswith(RUNNING)][-1]
+
+
+def grab(widget, path: Path) -> None:
+    """A picture of one dock widget as it is drawn."""
+    settle(None, 0.3)
+    widget.grab().save(str(path))
+    print(f"wrote {path}", flush=True)
 
 
 def shoot(viewer, path: Path, canvas_only: bool = False) -> None:
@@ -98,25 +86,25 @@ def shoot(viewer, path: Path, canvas_only: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
-    parser.add_argument("--quick", action="store_true", help="quick model if none is cached")
     parser.add_argument("--checkpoint", type=Path, help="use this checkpoint instead")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt, label = (args.checkpoint, "the given checkpoint") if args.checkpoint else \
-        checkpoint(args.quick)
-    print(f"Model: {label}: {ckpt}", flush=True)
+    os.environ["LPD_DATA_DIR"] = tempfile.mkdtemp(prefix="lpd-screenshots-")  # tags
+    from lpd.default_model import default_checkpoint_path
+
+    ckpt = args.checkpoint or default_checkpoint_path()
+    print(f"Model: {ckpt}", flush=True)
 
     import napari
 
     from lpd.data.sample import CMU_SLIDE
-    from lpd.default_model import default_checkpoint_path
-    from napari_lpd._layers import labels_name
     from napari_lpd._reader import read_path
-    from napari_lpd._sample_data import nct_mosaic_layers
+    from napari_lpd._sample_data import held_apart_mosaic_layers
     from napari_lpd.widgets._segment_job import runs_dir
     from napari_lpd.widgets.export import ExportWidget
     from napari_lpd.widgets.prototypes import PrototypeWidget, grid_of
     from napari_lpd.widgets.segment import SegmentWidget
+    from napari_lpd.widgets.tags import TagAnnotatorWidget
 
     before = set(runs_dir().glob("*.zarr")) if runs_dir().is_dir() else set()
     viewer = napari.Viewer(show=True, title="napari-lpd")
@@ -144,6 +132,36 @@ def main(argv: list[str] | None = None) -> int:
     wait(handle)
     # 2. the finished result with its legend
     shoot(viewer, args.out / "segment.png")
+    grab(segment.legend, args.out / "legend.png")
+    whole = newest_result(viewer, image.name)
+
+    # 2b. a second, kept result: the current view, beside the whole image's
+    camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
+    camera.center = (0, 1500 * image.scale[0], 1100 * image.scale[1])
+    camera.zoom = camera.zoom * 3
+    segment.scope_combo.setCurrentText("Current view")
+    segment.prototypes_check.setChecked(False)
+    wait(segment.run())
+    view = newest_result(viewer, image.name)
+    grid = grid_of(viewer)
+    others = [layer for layer in viewer.layers if layer not in (image, whole, view)]
+    for layer in others:
+        layer.visible = False
+    image2 = viewer.add_image(image.data, **{k: v for k, v in meta.items() if k != "name"},
+                              name="CMU-1 region ")
+    viewer.layers.move(viewer.layers.index(image2), viewer.layers.index(view))
+    grid.stride, grid.shape = 2, (1, 2)  # image + whole-image result | image + view result
+    grid.enabled = True
+    viewer.reset_view()
+    shoot(viewer, args.out / "kept_results.png", canvas_only=True)
+    grid.enabled = False
+    viewer.layers.remove(image2)
+    viewer.layers.remove(view)
+    for layer in others:
+        layer.visible = True
+    segment.scope_combo.setCurrentText("Whole image")
+    segment.prototypes_check.setChecked(True)
+    viewer.reset_view()
 
     # 3. prototype heatmap over the image (additive), explorer docked
     protos = PrototypeWidget(viewer)
@@ -152,40 +170,55 @@ def main(argv: list[str] | None = None) -> int:
     protos.class_combo.setCurrentText("TUM")
     protos.slider.setValue(1)
     protos.show_check.setChecked(True)
-    viewer.layers[labels_name(image.name)].visible = False
+    whole.visible = False
     shoot(viewer, args.out / "prototypes.png")
     # 4. dominant prototype map
     wait(protos.show_dominant())
     shoot(viewer, args.out / "dominant.png")
+    grab(protos, args.out / "dominant_legend.png")
     viewer.layers.remove(viewer.layers[-1])
-    viewer.layers[labels_name(image.name)].visible = True
+    whole.visible = True
     # 5. side by side: image | labels | heatmap, one camera
     protos.side_button.setChecked(True)
-    viewer.theme = "light"  # NEC's near-black is invisible on the dark canvas
     viewer.reset_view()
     shoot(viewer, args.out / "side_by_side.png", canvas_only=True)
-    viewer.theme = "dark"
     protos.side_button.setChecked(False)
     protos.show_check.setChecked(False)  # removes the heatmap
 
-    # 6. the NCT mosaic: prediction next to the ground truth
+    # 5b. the tag widget: three tagged regions on the slide
+    tags = TagAnnotatorWidget(viewer)
+    viewer.window.add_dock_widget(tags, name="Tag regions", area="right", tabify=True)
+    tags.set_image(image)
+    whole.visible = False
+    for (x, y, w, h), classes in (((1150, 2350, 300, 250), ("STR",)),
+                                  ((1000, 1250, 260, 220), ("STR", "LYM")),
+                                  ((1200, 1700, 250, 200), ("STR",))):  # data px
+        tags.shapes.selected_data = set()  # the boxes set the next region's classes
+        for name, box in tags.class_boxes.items():
+            box.setChecked(name in classes)
+        tags.shapes.add_rectangles([[[y, x], [y, x + w], [y + h, x + w], [y + h, x]]])
+    tags.shapes.selected_data = {1}
+    viewer.reset_view()
+    shoot(viewer, args.out / "tags.png")
+    viewer.layers.remove(tags.shapes)
+    whole.visible = True
+
+    # 6. the held-apart mosaic: prediction next to the ground truth
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)
-    for data, meta, kind in nct_mosaic_layers():
+    for data, meta, kind in held_apart_mosaic_layers():
         getattr(viewer, f"add_{kind}")(data, **meta)
-    segment.image_combo.setCurrentText("NCT mosaic")
+    segment.image_combo.setCurrentText("Held-apart mosaic")
+    segment.scope_combo.setCurrentText("Whole image")
     wait(segment.run())
-    truth = viewer.layers["NCT mosaic ground truth"]
-    prediction = viewer.layers[labels_name("NCT mosaic")]
+    truth = viewer.layers["Held-apart mosaic ground truth"]
+    prediction = newest_result(viewer, "Held-apart mosaic")
     truth.visible = True
     truth.opacity = prediction.opacity = 1.0  # alone in their grid cells: full colour
-    grid = grid_of(viewer)
     grid.stride, grid.shape = 1, (1, 3)  # mosaic | ground truth | prediction
     grid.enabled = True
-    viewer.theme = "light"
     viewer.reset_view()
     shoot(viewer, args.out / "mosaic_vs_truth.png", canvas_only=True)
-    viewer.theme = "dark"
     grid.enabled = False
     truth.opacity = prediction.opacity = 0.6
     viewer.reset_view()
@@ -193,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     # 7. export widget after an export
     export = ExportWidget(viewer)
     viewer.window.add_dock_widget(export, name="Export", area="right", tabify=True)
-    export.layer_combo.setCurrentText(labels_name("NCT mosaic"))
+    export.layer_combo.setCurrentText(prediction.name)
     export.folder_edit.setText(tempfile.mkdtemp(prefix="lpd-export-"))
     truth.visible = False
     wait(export.export())

@@ -74,6 +74,8 @@ class SegmentRequest:
     prototypes: bool
     store: Path
     resume: bool
+    roi: Any = None  # (N, 2) polygon vertices (x, y), level-0 px: nothing labelled outside
+    mpp_assumed: bool = False  # ``mpp`` is the assumed value, not the slide's
 
 
 @dataclass
@@ -86,6 +88,8 @@ class SegmentOutcome:
     forward_passes: int
     elapsed: float
     labels: np.ndarray | None = None  # level 0, read here when small (IN_MEMORY_MAX)
+    full_passes: int = 0  # passes a run from scratch makes (reused: the difference)
+    mpp_assumed: bool = False
 
 
 def runs_dir() -> Path:
@@ -119,7 +123,8 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
 
         slide = image = open_slide(image)
     try:
-        mpp = None if slide is not None else req.mpp
+        # a slide's own mpp, unless it has none: then the user's value or the assumed one
+        mpp = req.mpp if slide is None or slide.mpp is None else None
         plan = plan_tiled(model, image, region=req.region, mpp=mpp, halo=halo_for(model))
         req.store.parent.mkdir(parents=True, exist_ok=True)
         resume = req.resume and OutputStore.is_store(req.store)
@@ -127,7 +132,7 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
         if resume:
             yield from _prefill(req.store, plan)
         kwargs = dict(region=req.region, mpp=mpp, device=req.device, store=req.store,
-                      prototypes=req.prototypes, halo=halo_for(model))
+                      prototypes=req.prototypes, halo=halo_for(model), roi=req.roi)
         try:
             result = yield from _predict(model, image, plan, resume=resume, **kwargs)
         except InputError as exc:
@@ -145,7 +150,8 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
     h, w = store.shape
     labels = np.asarray(store.labels[...]) if h * w <= IN_MEMORY_MAX else None
     return SegmentOutcome(store, plan, counts, model.k, Path(checkpoint),
-                          result.forward_passes, result.elapsed, labels)
+                          result.forward_passes, result.elapsed, labels, result.full_passes,
+                          req.mpp_assumed)
 
 
 def halo_for(model: Any) -> int:

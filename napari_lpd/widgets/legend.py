@@ -11,9 +11,13 @@ from lpd.classes import CLASS_LONG_NAMES, CLASS_NAMES
 from napari_lpd._layers import DEFAULT_COLOURS
 
 
-def format_area(um2: float) -> str:
-    """µm² below 0.01 mm², mm² above."""
-    return f"{um2 / 1e6:.3g} mm²" if um2 >= 1e4 else f"{um2:.3g} µm²"
+def format_areas(um2: Sequence[float]) -> list[str]:
+    """Areas in one unit for a whole table: mm² when the largest is at least 0.01 mm²,
+    else µm²; fixed-point, never scientific notation."""
+    values = [float(v) for v in um2]
+    if values and max(values) >= 1e4:
+        return [f"{v / 1e6:.3f} mm²" for v in values]
+    return [f"{v:.0f} µm²" for v in values]
 
 
 class LegendWidget(QWidget):
@@ -45,14 +49,19 @@ class LegendWidget(QWidget):
             self._rows.append((swatch, label, percent, area))
         self.names = list(names)
 
-    def set_counts(self, counts: Sequence[int], mpp: float | None, note: str = "") -> None:
-        """``counts``: pixels per label 0..C; ``mpp``: µm per pixel of those labels."""
+    def set_counts(self, counts: Sequence[int], mpp: float | None, note: str = "",
+                   assumed: float | None = None) -> None:
+        """``counts``: pixels per label 0..C; ``mpp``: µm per pixel of those labels;
+        ``assumed``: the image's µm/px when it was assumed, not known (every area then
+        says so)."""
         counts = np.asarray(counts, dtype=np.int64)
         tissue = int(counts[1:].sum())
-        for i, (_, _, percent, area) in enumerate(self._rows):
-            n = int(counts[i + 1]) if i + 1 < len(counts) else 0
-            percent.setText(f"{100.0 * n / tissue:.1f} %" if tissue else "0 %")
-            area.setText(format_area(n * mpp * mpp) if mpp else f"{n} px")
+        n = [int(counts[i + 1]) if i + 1 < len(counts) else 0 for i in range(len(self._rows))]
+        areas = format_areas([v * mpp * mpp for v in n]) if mpp else [f"{v} px" for v in n]
+        flag = f" (assumed {assumed:g} µm/px)" if assumed and mpp else ""
+        for (_, _, percent, area), pixels, text in zip(self._rows, n, areas, strict=True):
+            percent.setText(f"{100.0 * pixels / tissue:.1f} %" if tissue else "0 %")
+            area.setText(text + flag)
         self.title.setText("Legend (area % of segmented tissue)" + (f" — {note}" if note else ""))
 
     def clear_counts(self, note: str = "") -> None:

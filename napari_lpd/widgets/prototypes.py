@@ -7,22 +7,30 @@ for, whose content follows the class and prototype controls (slider updates are 
 with superqt so dragging stays smooth). Values are the model's logits (temperature x
 cosine) of the deepest scale, one cell per ``stride`` output pixels; contrast runs from
 the 70th to the 99.5th percentile of the tissue cells (cells labelled background are set
-to the lower limit), so additive blending lights up where the prototype responds most."""
+to the lower limit), so additive blending lights up where the prototype responds most.
+
+The dominant-prototype map numbers its labels class-major, ``(c - 1) * k + j`` for prototype
+j of class c, and colours them with k shades of the class colour (``lpd.colours``), which
+a legend in the widget lists; the layer's ``lpd_dominant_labels`` metadata maps each label
+value to its (class, prototype)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import napari.viewer
 import numpy as np
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QGridLayout,
     QLabel,
     QPushButton,
     QSlider,
@@ -31,6 +39,8 @@ from qtpy.QtWidgets import (
 )
 from superqt.utils import qthrottled
 
+from lpd.classes import readable_colours
+from lpd.colours import class_shades, contrast_ratio
 from lpd.io.store import OutputStore
 from napari_lpd._layers import (
     dominant_name,
@@ -63,6 +73,79 @@ def result_layers(viewer: Any) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)
             and layer.metadata.get("lpd_store") and layer.metadata.get("lpd_complete")
             and layer.metadata.get("lpd_prototypes")]
+
+
+def dominant_palette(
+    class_names: Sequence[str], colours: Sequence[Sequence[int]], k: int
+) -> dict[int, tuple[str, int, tuple[int, int, int]]]:
+    """Label value of the dominant-prototype map -> (class, prototype 1..k, RGB colour).
+
+    Prototype j of class c (both from 1) is label ``(c - 1) * k + j`` and gets the j-th of
+    k shades of the class colour, lightest first.
+
+    Parameters
+    ----------
+    class_names : sequence of str
+        The classes, in label order.
+    colours : sequence of RGB triples
+        Their colours (retired defaults are swapped for readable ones).
+    k : int
+        Prototypes per class.
+
+    Returns
+    -------
+    dict
+        ``{label value: (class name, prototype, (r, g, b))}``.
+    """
+    colours = readable_colours(class_names, colours)
+    return {c * k + j + 1: (name, j + 1, (int(r), int(g), int(b)))
+            for c, (name, colour) in enumerate(zip(class_names, colours, strict=True))
+            for j, (r, g, b) in enumerate(class_shades(colour, k))}
+
+
+def palette_colormap(palette: dict[int, tuple[str, int, tuple[int, int, int]]]) -> Any:
+    """A napari Labels colormap of a ``dominant_palette``; 0 and other values clear."""
+    clear = (0.0, 0.0, 0.0, 0.0)
+    color_dict: dict[int | None, Any] = {0: clear, None: clear}
+    for value, (_, _, rgb) in palette.items():
+        color_dict[value] = (*(v / 255 for v in rgb), 1.0)
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+class DominantLegend(QWidget):
+    """The colours of the dominant-prototype map: per class, its name and k numbered
+    swatches (prototype 1..k, lightest first)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setSpacing(2)
+        self.swatches: list[QLabel] = []
+
+    def set_palette(self, palette: dict[int, tuple[str, int, tuple[int, int, int]]]) -> None:
+        while self._grid.count():
+            item = self._grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.swatches = []
+        rows: dict[str, int] = {}
+        for value, (name, j, (r, g, b)) in palette.items():
+            if name not in rows:
+                rows[name] = len(rows)
+                self._grid.addWidget(QLabel(name), rows[name], 0)
+            ink = "black" if contrast_ratio((r, g, b), (0, 0, 0)) >= contrast_ratio(
+                (r, g, b), (255, 255, 255)) else "white"
+            swatch = QLabel(str(j))
+            swatch.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            swatch.setFixedSize(22, 16)
+            swatch.setStyleSheet(f"background-color: rgb({r},{g},{b}); color: {ink}; "
+                                 "font-size: 9px;")
+            swatch.setToolTip(f"{name} {j}: prototype {j} of {name} (label {value})")
+            self._grid.addWidget(swatch, rows[name], j)
+            self.swatches.append(swatch)
+        k = max((j for _, j, _ in palette.values()), default=0)
+        self._grid.setColumnStretch(k + 1, 1)  # swatches packed to the left
 
 
 class PrototypeWidget(QWidget):
@@ -99,11 +182,14 @@ class PrototypeWidget(QWidget):
         self.side_button = QPushButton("Side by side")
         self.side_button.setCheckable(True)
         self.side_button.toggled.connect(self.side_by_side)
+        self.legend = DominantLegend()
+        self.legend.setVisible(False)  # shown with the first dominant-prototype map
         self.status = QLabel("Segment with “Compute prototype maps” ticked to explore them.")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.dominant_button)
+        layout.addWidget(self.legend)
         layout.addWidget(self.side_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -119,7 +205,11 @@ class PrototypeWidget(QWidget):
     # ---- result selection -----------------------------------------------------------
     def refresh_results(self, event: Any = None) -> None:
         current = self.result_combo.currentText()
+        known = {self.result_combo.itemText(i) for i in range(self.result_combo.count())}
         names = [layer.name for layer in result_layers(self.viewer)]
+        new = [n for n in names if n not in known]
+        if new:  # a run just finished (results are kept side by side): show the newest
+            current = new[-1]
         self.result_combo.blockSignals(True)
         self.result_combo.clear()
         self.result_combo.addItems(names)
@@ -243,14 +333,18 @@ class PrototypeWidget(QWidget):
         labels = self._cells
         assert labels is not None and store.prototypes is not None
         shape = store.prototypes.shape
+        palette = dominant_palette(store.class_names, store.class_colours, k)
 
         def job():
-            out = np.zeros(labels.shape, np.uint8)
+            out = np.zeros(labels.shape, np.uint8 if len(palette) < 256 else np.uint16)
             band = max(1, store.chunk // int(stride))
             for y in range(0, shape[1], band):
                 block = maps[:, y : y + band] if maps is not None else \
                     np.asarray(store.prototypes[:, y : y + band], np.float32)
-                out[y : y + band] = dominant_prototype(labels[y : y + band], block, k)
+                classes = labels[y : y + band]
+                j = dominant_prototype(classes, block, k)
+                # prototype j of class c -> (c - 1) * k + j: each class its own labels
+                out[y : y + band] = np.where(j > 0, (classes.astype(np.int64) - 1) * k + j, 0)
                 yield y + band, shape[1]
             return out
 
@@ -261,10 +355,15 @@ class PrototypeWidget(QWidget):
         def done(out: np.ndarray) -> None:
             upsert_layer(self.viewer, out, {
                 "name": name, "scale": scale, "translate": translate, "opacity": 0.7,
-                "units": units, "metadata": {"lpd_dominant_k": k},
+                "units": units, "colormap": palette_colormap(palette),
+                "metadata": {"lpd_dominant_k": k, "lpd_dominant_labels": {
+                    value: (cls_name, j) for value, (cls_name, j, _) in palette.items()}},
             }, "labels")
-            self.status.setText(f"Dominant prototype map: label j = prototype j of the "
-                                f"class predicted there (1..{k}); {int(cells.sum())} cells.")
+            self.legend.set_palette(palette)
+            self.legend.setVisible(True)
+            self.status.setText(f"Dominant prototype map: the strongest of the {k} prototypes "
+                                f"of the class predicted there, in shades of the class "
+                                f"colour (legend); {int(cells.sum())} cells.")
 
         self.handle = run_in_worker(job, description="LPD dominant prototypes",
                                     total=lambda v: v[1], done=lambda v: min(v[0], v[1]),

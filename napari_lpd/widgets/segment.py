@@ -23,6 +23,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -39,8 +40,10 @@ from lpd.infer.device import available_devices
 from lpd.io.checkpoint import read_checkpoint_metadata
 from napari_lpd._layers import (
     image_source,
+    layer_mpp,
     remove_layers,
     run_key,
+    shape_polygon,
     shape_region,
     visible_region,
     watch_layers,
@@ -60,6 +63,9 @@ from napari_lpd.widgets.legend import LegendWidget
 DEFAULT_MODEL = "Default model"
 CHECKPOINT_FILE = "Checkpoint file…"
 SCOPES = ("Current view", "Whole image", "Selected shape")
+#: µm/px used for an image whose magnification is unknown until the user gives it: the
+#: default model's (20x); shown as "assumed" in the widget and next to every area.
+ASSUMED_MPP = 0.5
 
 
 class SegmentWidget(QWidget):
@@ -106,6 +112,20 @@ class SegmentWidget(QWidget):
         self.model_note = QLabel()
         self.model_note.setWordWrap(True)
         form.addRow("", self.model_note)
+        self.mpp_label = QLabel()
+        self.mpp_label.setWordWrap(True)
+        form.addRow("Magnification", self.mpp_label)
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setRange(0.0, 100.0)
+        self.mpp_spin.setDecimals(4)
+        self.mpp_spin.setSingleStep(0.05)
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setSpecialValueText("not set")  # 0: not given
+        self.mpp_spin.setToolTip("The slide's microns per pixel at full resolution (0.25 at "
+                                 "40x, 0.5 at 20x on most scanners)")
+        self.mpp_spin.valueChanged.connect(self._mpp_entered)
+        form.addRow("Slide µm/px", self.mpp_spin)
+        self._user_mpp: dict[str, float] = {}  # image layer name -> µm/px the user gave
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         form.addRow("Device", self.device_combo)
@@ -137,6 +157,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
         self._model_changed(DEFAULT_MODEL)
         self._scope_changed(SCOPES[0])
+        self.image_combo.currentTextChanged.connect(lambda _: self._show_mpp())
 
     def _refresh_layers(self, event: Any = None) -> None:
         for combo, kind in ((self.image_combo, Image), (self.shapes_combo, Shapes)):
@@ -148,6 +169,54 @@ class SegmentWidget(QWidget):
             if current in names:
                 combo.setCurrentText(current)
             combo.blockSignals(False)
+        self._show_mpp()
+
+    def _current_image(self) -> Image | None:
+        name = self.image_combo.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        return layer if isinstance(layer, Image) else None
+
+    def image_mpp(self) -> tuple[float | None, str, bool]:
+        """(µm/px, where it comes from, assumed?) of the chosen image: its own, the
+        value the user entered, or ``ASSUMED_MPP``; None without an image."""
+        layer = self._current_image()
+        if layer is None:
+            return None, "", False
+        own = layer_mpp(layer)
+        if own is not None:
+            source = (layer.metadata or {}).get("lpd_mpp_source") or "the layer's scale"
+            return own, f"from {source}", False
+        if layer.name in self._user_mpp:
+            return self._user_mpp[layer.name], "entered by you", False
+        return ASSUMED_MPP, "assumed: the file does not say", True
+
+    def _show_mpp(self) -> None:
+        layer = self._current_image()
+        mpp, source, assumed = self.image_mpp()
+        known = layer is not None and layer_mpp(layer) is not None
+        self.mpp_spin.blockSignals(True)
+        self.mpp_spin.setValue(mpp if (mpp is not None and known) or
+                               (layer is not None and layer.name in self._user_mpp) else 0.0)
+        self.mpp_spin.blockSignals(False)
+        self.mpp_spin.setEnabled(layer is not None and not known)
+        if mpp is None:
+            self.mpp_label.setText("–")
+        elif assumed:
+            self.mpp_label.setText(f"<b>{mpp:g} µm/px assumed</b>: the file does not say. "
+                                   "Enter the slide's value below for the right "
+                                   "magnification and areas.")
+        else:
+            self.mpp_label.setText(f"{mpp:.4g} µm/px ({source})")
+
+    def _mpp_entered(self, value: float) -> None:
+        layer = self._current_image()
+        if layer is None:
+            return
+        if value > 0:
+            self._user_mpp[layer.name] = float(value)
+        else:
+            self._user_mpp.pop(layer.name, None)
+        self._show_mpp()
 
     def _model_changed(self, text: str) -> None:
         default = text == DEFAULT_MODEL
@@ -191,28 +260,37 @@ class SegmentWidget(QWidget):
             checkpoint = Path(text).expanduser()
             read_checkpoint_metadata(checkpoint)  # a bad file fails here, clearly
         scope = self.scope_combo.currentText()
-        region = None
+        region, roi, scope_text = None, None, "whole image"
         if scope == "Current view":
             region = visible_region(layer, self.viewer)
             if region is None:
                 show_info("The view has not been drawn yet: segmenting the whole image.")
+            else:
+                scope_text = "view x{} y{} {}×{}".format(*region)
         elif scope == "Selected shape":
             name = self.shapes_combo.currentText()
             if name not in self.viewer.layers:
                 raise InputError(None, "draw a rectangle or polygon in a Shapes layer first")
             try:
                 region = shape_region(self.viewer.layers[name], layer)
+                roi = shape_polygon(self.viewer.layers[name], layer)
             except ValueError as exc:
                 raise InputError(None, str(exc)) from None
-        image, mpp, source = image_source(layer)
+            scope_text = f"shape in {name}"
+        image, _, source = image_source(layer)
+        mpp, _, assumed = self.image_mpp()
         ck = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
         prototypes = self.prototypes_check.isChecked()
-        key = run_key(source or (layer.name, id(layer.data)), region, ck, prototypes)
+        key = run_key(source or (layer.name, id(layer.data)), region, ck, prototypes, mpp,
+                      None if roi is None else roi.round(2).tolist())
         self._image = layer
+        model = default_name() if checkpoint is None else checkpoint.stem
+        self.live.result_name = f"LPD labels [{layer.name}] {scope_text} · {model}"
         return SegmentRequest(
             image=image, mpp=mpp, region=region, checkpoint=checkpoint,
             device=self.device_combo.currentText(), prototypes=prototypes,
-            store=runs_dir() / f"{key}.zarr", resume=bool(source),
+            store=runs_dir() / f"{key}.zarr", resume=bool(source), roi=roi,
+            mpp_assumed=assumed,
         )
 
     def run(self) -> RunHandle | None:
@@ -273,18 +351,16 @@ class SegmentWidget(QWidget):
         layer = self.live.finish(self._image, outcome)
         store = outcome.store
         self.legend.set_classes(store.class_names, store.class_colours)
-        self.legend.set_counts(outcome.counts, store.mpp)
-        h, w = store.shape
-        rate = outcome.forward_passes / outcome.elapsed if outcome.elapsed > 0 else 0.0
-        self.status.setText(f"Done: {w}×{h} px, {outcome.forward_passes} model passes in "
-                            f"{outcome.elapsed:.1f} s ({rate:.1f} tiles/s).")
+        self.legend.set_counts(outcome.counts, store.mpp,
+                               assumed=store.mpp if outcome.mpp_assumed else None)
+        self.status.setText(done_text(outcome))
         keep = {Path(lyr.metadata["lpd_store"]) for lyr in self.viewer.layers
                 if isinstance(lyr, Labels) and lyr.metadata.get("lpd_store")}
         prune_runs(keep)
         self.run_finished.emit(layer)
 
     def _on_error(self, exc: BaseException) -> None:
-        self.live.drop(self._image)
+        self.live.drop()
         self.status.setText(f"Failed: {exc}")
         self.legend.clear_counts()
         notify_error(exc, "Segmentation")
@@ -293,10 +369,40 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if handle.cancelled:
-            self.live.drop(self._image)
+            self.live.drop()
             self.legend.clear_counts("cancelled")
-            self.status.setText("Cancelled: the partial result was discarded. Run again with "
-                                "the same settings to resume from the finished chunks.")
+            self.status.setText("Cancelled: this run's partial result was discarded (earlier "
+                                "results stay). Run again with the same settings to resume "
+                                "from the finished chunks.")
+
+
+def default_name() -> str:
+    """The default model's name (its checkpoint's metadata), for result layer names."""
+    from lpd.default_model import default_checkpoint_path
+
+    path = default_checkpoint_path()
+    try:
+        return str(read_checkpoint_metadata(path)[1].get("name") or path.stem)
+    except InputError:
+        return "default model"
+
+
+def done_text(outcome: SegmentOutcome) -> str:
+    """The status line of a finished run: size, magnification, and the passes made or
+    reused (a rerun of identical settings reuses its finished result: it says so)."""
+    store = outcome.store
+    h, w = store.shape
+    mpp = "µm/px unknown" if not store.mpp else f"{store.mpp:.3g} µm/px" + (
+        " (assumed)" if outcome.mpp_assumed else "")
+    made = outcome.forward_passes
+    reused = max(0, outcome.full_passes - made)
+    if made == 0 and reused:
+        return (f"Done: {w}×{h} px at {mpp}: the finished result of an identical run was "
+                f"reused ({reused} of {outcome.full_passes} model passes reused, none made).")
+    rate = made / outcome.elapsed if outcome.elapsed > 0 else 0.0
+    again = f"; reused {reused} of {outcome.full_passes} passes" if reused else ""
+    return (f"Done: {w}×{h} px at {mpp}, {made} model passes in {outcome.elapsed:.1f} s "
+            f"({rate:.1f} tiles/s){again}.")
 
 
 def _describe(event: JobEvent) -> str:

@@ -43,8 +43,11 @@ class ChildWatch:
             return []
 
     def new(self) -> list[psutil.Process]:
-        """Live descendants started since the watch was made."""
-        return [p for p in self._descendants() if _key(p) not in self._before]
+        """Live descendants started since the watch was made (not multiprocessing's
+        resource tracker: it ends by itself with this process, and a stopped one makes
+        the next process pool of this process warn)."""
+        return [p for p in self._descendants()
+                if _key(p) not in self._before and not _is_resource_tracker(p)]
 
     def stop_new(self, grace: float = GRACE_S) -> int:
         """SIGTERM the new descendants, SIGKILL those alive after ``grace`` seconds.
@@ -68,6 +71,13 @@ class ChildWatch:
                 pass
         psutil.wait_procs(alive, timeout=grace)
         return len(procs)
+
+
+def _is_resource_tracker(p: psutil.Process) -> bool:
+    try:
+        return any("resource_tracker" in part for part in p.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _key(p: psutil.Process) -> tuple[int, float]:

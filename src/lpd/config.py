@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpd.classes import CLASS_COLOURS, CLASS_NAMES
+from lpd.classes import CLASS_COLOURS, CLASS_NAMES, readable_colours
 from lpd.errors import InputError
 
 #: Class presence from the model ("predicted") or the ground-truth tags ("oracle", the
@@ -63,7 +63,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> ModelConfig:
-        return _from_dict(cls, data, source)
+        config: ModelConfig = _from_dict(cls, data, source)
+        # checkpoints written before NEC's colour changed (the shipped lpd-crc-v1 among
+        # them) carry its near-black, unreadable on napari's canvas: show the current one
+        if isinstance(config.class_names, tuple) and isinstance(config.class_colours, tuple):
+            config.class_colours = readable_colours(  # type: ignore[assignment]
+                config.class_names, config.class_colours)
+        return config
 
 
 @dataclass

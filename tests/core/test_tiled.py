@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from lpd.errors import InputError
 from lpd.infer._blend import extreme_samples, labels_on_part, local_interpolation
 from lpd.infer._plan import tissue_fractions
 from lpd.infer._reader import RegionSource
+from lpd.infer._sink import RESUME_STATE
 from lpd.infer.patch import labels_from_scores, predicted_presence, score_maps
 from lpd.infer.tiled import plan_tiled, predict_tiled, run_tiled
 from lpd.infer.tissue import SATURATION_CEIL, SATURATION_FLOOR
@@ -160,7 +162,27 @@ def test_cancel_stops_reader_and_resume_computes_only_the_rest(small_model, tmp_
     assert "(incomplete)" in store.group["labels"].attrs["ome"]["multiscales"][0]["name"]
     finished = store.finished().copy()
     assert 3 <= finished.sum() < finished.size
-    # what a resume must compute: windows of unfinished tiles and their overlapping neighbours
+    # the stopped run kept what it had computed: a resume computes only the rest, no
+    # window twice (issue: a resume after 27 % reused 16 of 134 passes)
+    killed = tmp_path / "killed.zarr"  # the same, as after SIGKILL: no resume state
+    shutil.copytree(path, killed)
+    (killed / RESUME_STATE).unlink()
+    with PassCounter(small_model) as first:
+        gen2 = predict(small_model, image, store=tmp_path / "again.zarr", **kwargs)
+        for _ in gen2:
+            if OutputStore.open(tmp_path / "again.zarr").finished().sum() >= 3:
+                break
+        gen2.close()
+    first_passes = first.n
+    with PassCounter(small_model) as count:
+        resumed = run_tiled(predict(small_model, image, store=tmp_path / "again.zarr",
+                                    **kwargs))
+    assert first_passes + count.n == full_count.n and count.n < full_count.n
+    assert resumed.reused_passes == first_passes
+    assert not (tmp_path / "again.zarr" / RESUME_STATE).exists()  # gone once complete
+    np.testing.assert_array_equal(resumed.store.labels[...],
+                                  run_tiled(predict(small_model, image, **kwargs)).labels)
+    # without the state (a killed run): windows of unfinished tiles and their neighbours
     plan = plan_tiled(small_model, image, halo=16)
     gy, gx = plan.axis_grids()
     todo = store.needed_tiles((gy.count, gx.count))
@@ -169,8 +191,10 @@ def test_cancel_stops_reader_and_resume_computes_only_the_rest(small_model, tmp_
         r, c = gy.tile_windows[i], gx.tile_windows[j]
         wins |= {(a, b) for a in gy.neighbours(r, 16) for b in gx.neighbours(c, 16)}
     with PassCounter(small_model) as count:
-        resumed = run_tiled(predict(small_model, image, store=path, **kwargs))
+        run_tiled(predict(small_model, image, store=killed, **kwargs))
     assert count.n == len(wins) < full_count.n
+    with PassCounter(small_model) as count:
+        resumed = run_tiled(predict(small_model, image, store=path, **kwargs))
     assert resumed.store.complete and resumed.store.finished().all()
     labels = resumed.store.labels[...]
     assert (labels == full.labels).mean() >= 0.999
@@ -386,3 +410,22 @@ def test_same_pixel_same_label_whatever_region_is_asked(small_model, target_mpp)
     (py, px), (h, w) = view.plan.phase, view.plan.shape
     assert mv.sum() > 20_000
     assert np.array_equal(view.labels[mv], full.labels[py : py + h, px : px + w][mv])
+
+
+def test_a_polygon_roi_labels_nothing_outside_it(small_model) -> None:
+    """A triangle inside a tissue image: outside it every label is 0, inside it the labels
+    are those of the plain run; tiles that miss it are not computed."""
+    image, _ = synthetic_tissue(384, 3)
+    tri = [(20.0, 30.0), (300.0, 60.0), (90.0, 280.0)]  # (x, y)
+    kw = {"halo": 16, "tissue_threshold": None}
+    plain = run_tiled(predict(small_model, image, region=(20, 30, 280, 250), **kw))
+    with PassCounter(small_model) as count:
+        roi = run_tiled(predict(small_model, image, region=(20, 30, 280, 250), roi=tri, **kw))
+    from skimage.draw import polygon2mask
+
+    (py, px), (h, w) = roi.plan.phase, roi.plan.shape
+    pts = np.array([(y - py, x - px) for x, y in tri]) - 0.5
+    inside = polygon2mask((h, w), pts)
+    assert (roi.labels[~inside] == 0).all() and inside.mean() > 0.2
+    assert np.array_equal(roi.labels[inside], plain.labels[inside])
+    assert count.n < plain.forward_passes  # the tiles beyond the triangle's edge

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 from helpers_segment import tiny_checkpoint, wait_for
 
+from lpd.classes import CLASS_COLOURS, CLASS_NAMES
+from lpd.colours import class_shades, contrast_ratio
 from napari_lpd._layers import dominant_name, dominant_prototype, heatmap_name, labels_name
-from napari_lpd.widgets.prototypes import PrototypeWidget, grid_of
+from napari_lpd.widgets.prototypes import PrototypeWidget, dominant_palette, grid_of
 from napari_lpd.widgets.segment import SegmentWidget
 
 pytestmark = pytest.mark.usefixtures("isolated_one_thread")
+# the Segment widget's result layer: image, scope and model (tiny_checkpoint's file)
+RESULT = f"{labels_name('HE')} whole image · tiny"
 
 
 @pytest.fixture
@@ -24,14 +28,14 @@ def segmented(make_napari_viewer, qtbot, tmp_path):
     segment.set_checkpoint(tiny_checkpoint(tmp_path))
     segment.scope_combo.setCurrentText("Whole image")
     wait_for(qtbot, segment.run())
-    assert labels_name("HE") in viewer.layers
+    assert RESULT in viewer.layers
     return viewer
 
 
 def test_heatmap_hidden_until_asked_then_follows_controls(segmented, qtbot) -> None:
     viewer = segmented
     widget = PrototypeWidget(viewer)
-    assert widget.result_combo.currentText() == labels_name("HE")
+    assert widget.result_combo.currentText() == RESULT
     assert widget.k == 2 and widget.slider.maximum() == 2
     assert widget.class_combo.count() == 4
     name = heatmap_name("HE")
@@ -63,9 +67,38 @@ def test_dominant_prototype_map(segmented, qtbot) -> None:
     wait_for(qtbot, widget.show_dominant())
     dominant = viewer.layers[dominant_name("HE")]
     assert dominant.data.shape == widget.store.prototypes.shape[1:]
-    values = set(np.unique(dominant.data).tolist())
-    assert values <= {0, 1, 2} and values & {1, 2}
     assert ((dominant.data > 0) == widget._tissue_cells()).all()
+    # label (c - 1) * k + j = prototype j of class c: the class is the one predicted there
+    k, tissue = widget.k, dominant.data > 0
+    assert set(np.unique(dominant.data).tolist()) <= set(range(4 * k + 1))
+    np.testing.assert_array_equal((dominant.data[tissue] - 1) // k + 1, widget._cells[tissue])
+    names = dominant.metadata["lpd_dominant_labels"]
+    assert names == {c * k + j: (n, j) for c, n in enumerate(CLASS_NAMES) for j in (1, 2)}
+    # shades of the class colour, set through a direct colormap; background clear
+    palette = dominant_palette(CLASS_NAMES, [CLASS_COLOURS[c] for c in CLASS_NAMES], k)
+    for value, (_, _, rgb) in palette.items():
+        np.testing.assert_allclose(dominant.colormap.map(value)[:3], np.array(rgb) / 255,
+                                   atol=1e-6)
+    assert dominant.colormap.map(0)[3] == 0
+    # the legend: per class, k numbered swatches
+    assert widget.legend.isVisibleTo(widget)
+    assert [s.text() for s in widget.legend.swatches] == ["1", "2"] * 4
+    assert "NEC 2" in widget.legend.swatches[-1].toolTip()
+
+
+def test_dominant_palette_shades_by_class() -> None:
+    colours = [CLASS_COLOURS[c] for c in CLASS_NAMES]
+    palette = dominant_palette(CLASS_NAMES, colours, 3)
+    assert sorted(palette) == list(range(1, 13))
+    assert [palette[v][:2] for v in (1, 3, 4, 12)] == [("TUM", 1), ("TUM", 3), ("STR", 1),
+                                                       ("NEC", 3)]
+    for c, name in enumerate(CLASS_NAMES):
+        shades = [palette[c * 3 + j][2] for j in (1, 2, 3)]
+        assert shades == [tuple(s) for s in class_shades(CLASS_COLOURS[name], 3).tolist()]
+        assert contrast_ratio(shades[1], (0, 0, 0)) >= 3  # the mid shade on napari's canvas
+    # a checkpoint's retired near-black NEC is painted in the readable grey
+    old = dominant_palette(CLASS_NAMES, [*colours[:3], (40, 40, 40)], 3)
+    assert old == palette
 
 
 def test_side_by_side_grid(segmented, qtbot) -> None:
@@ -76,12 +109,12 @@ def test_side_by_side_grid(segmented, qtbot) -> None:
     grid = grid_of(viewer)
     assert grid.enabled
     shown = [layer.name for layer in viewer.layers if layer.visible]
-    assert shown == ["HE", labels_name("HE"), heatmap_name("HE")]
+    assert shown == ["HE", RESULT, heatmap_name("HE")]
     assert grid.actual_shape(viewer.layers) == (1, 3)
     # image | labels | heatmap, left to right; napari's grid is one canvas with one camera,
     # so the three views pan and zoom together
     cells = {layer.name: grid.position(i, viewer.layers) for i, layer in enumerate(viewer.layers)}
-    assert cells["HE"] == (0, 0) and cells[labels_name("HE")] == (0, 1)
+    assert cells["HE"] == (0, 0) and cells[RESULT] == (0, 1)
     assert cells[heatmap_name("HE")] == (0, 2) and cells["notes"] == (-1, -1)
     widget.side_button.setChecked(False)
     assert not grid.enabled and viewer.layers["notes"].visible
@@ -105,6 +138,7 @@ def test_explorer_follows_a_rerun(segmented, qtbot, tmp_path) -> None:
     segment.set_checkpoint(tiny_checkpoint(tmp_path / "other", seed=1))
     segment.scope_combo.setCurrentText("Whole image")
     wait_for(qtbot, segment.run())
-    labels = viewer.layers[labels_name("HE")]
-    assert widget.result_combo.currentText() == labels_name("HE")
+    labels = viewer.layers[f"{RESULT} [1]"]  # the first result is kept beside it
+    assert RESULT in viewer.layers
+    assert widget.result_combo.currentText() == labels.name  # the newest result
     assert str(widget.store.path) == labels.metadata["lpd_store"] != str(first)

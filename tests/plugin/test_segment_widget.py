@@ -38,7 +38,7 @@ def test_segment_whole_image(make_napari_viewer, qtbot, checkpoint) -> None:
     handle = widget.run()
     assert handle is not None
     wait_for(qtbot, handle)
-    name = labels_name("HE")
+    name = f"{labels_name('HE')} whole image · {checkpoint.stem}"  # scope and model
     assert [layer.name for layer in viewer.layers] == ["HE", name]
     labels = viewer.layers[name]
     assert seen == [labels]
@@ -54,22 +54,45 @@ def test_segment_whole_image(make_napari_viewer, qtbot, checkpoint) -> None:
     assert widget.status.text().startswith("Done"), widget.status.text()
 
 
-def test_rerun_replaces_layers(make_napari_viewer, qtbot, checkpoint) -> None:
-    viewer, widget = make_widget(make_napari_viewer, checkpoint)
+def running_layers(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers if layer.name.endswith(RUNNING)]
+
+
+def test_finished_results_are_kept_and_a_rerun_says_what_it_reused(
+        make_napari_viewer, qtbot, checkpoint, tmp_path) -> None:
+    from PIL import Image as PILImage
+
+    path = tmp_path / "he.png"  # a file-backed image: its finished store can be reused
+    PILImage.fromarray(small_he()).save(path)
+    viewer, widget = make_widget(make_napari_viewer, checkpoint,
+                                 metadata={"lpd_path": str(path)})
     widget.prototypes_check.setChecked(False)
     for _ in range(2):
         wait_for(qtbot, widget.run())
-    assert [layer.name for layer in viewer.layers] == ["HE", labels_name("HE")]
+    name = f"{labels_name('HE')} whole image · {checkpoint.stem}"
+    assert [layer.name for layer in viewer.layers] == ["HE", name, f"{name} [1]"]
+    # the second, identical run reused the first's finished store, and says so
+    text = widget.status.text()
+    assert "reused" in text and "none made" in text, text
+    assert np.array_equal(viewer.layers[name].data, viewer.layers[f"{name} [1]"].data)
 
 
-def test_cancel_leaves_no_complete_looking_layer(make_napari_viewer, qtbot, checkpoint):
+def test_cancel_removes_only_its_own_partial_layer(make_napari_viewer, qtbot, checkpoint):
     viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((512, 512)))
+    widget.prototypes_check.setChecked(False)
+    widget.scope_combo.setCurrentText("Selected shape")
+    shapes = viewer.add_shapes([[[0, 0], [100, 0], [100, 100], [0, 100]]], name="ROI")
+    shapes.selected_data = {0}
+    widget.shapes_combo.setCurrentText("ROI")
+    wait_for(qtbot, widget.run())  # a small finished result
+    kept = [layer.name for layer in viewer.layers]
+    widget.scope_combo.setCurrentText("Whole image")
     handle = widget.run()
-    qtbot.waitUntil(lambda: labels_name("HE") + RUNNING in viewer.layers, timeout=30_000)
+    qtbot.waitUntil(lambda: bool(running_layers(viewer)), timeout=30_000)
     widget.cancel()
     wait_for(qtbot, handle)
     assert handle.cancelled
-    assert [layer.name for layer in viewer.layers] == ["HE"]
+    assert [layer.name for layer in viewer.layers] == kept  # the earlier result stays
     assert "Cancelled" in widget.status.text()
     assert widget.run_button.isEnabled()
 
@@ -117,12 +140,13 @@ def test_current_view_segments_what_the_canvas_shows(make_napari_viewer, qtbot,
     assert visible_region(image) == pytest.approx((x, y, w, h), abs=3)
     wait_for(qtbot, widget.run())
     store = widget.outcome.store
+    labels = viewer.layers[-1]
+    assert labels.name.startswith(f"{labels_name('HE')} view x")
     # the view, from the corner of the slide's tile grid it lies on (same labels as any
     # other region there)
     t = store.tile
     x0, y0 = x // t * t, y // t * t
     assert store.shape == (y + h - y0, x + w - x0) and store.offset == (x0, y0)
-    labels = viewer.layers[labels_name("HE")]
     assert labels.translate[0] == pytest.approx(y0) and labels.translate[1] == pytest.approx(x0)
 
 
@@ -193,7 +217,7 @@ def test_default_model_is_trained_first_with_its_own_progress(
     assert "LPD segmentation" in bars[training:]  # training first, then segmenting
     assert len([b for b in bars if b == "Training the default LPD model"]) == 1
     assert default_checkpoint_path().is_file()
-    assert labels_name("HE") in viewer.layers
+    assert any(layer.name.startswith(labels_name("HE")) for layer in viewer.layers)
 
 
 def test_cancel_during_default_training_writes_no_model(
@@ -241,9 +265,61 @@ def test_visible_region_of_a_multiscale_layer_is_in_level0_pixels() -> None:
 def test_closing_the_widget_mid_run_cancels_quietly(make_napari_viewer, qtbot, checkpoint):
     viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((512, 512)))
     handle = widget.run()
-    qtbot.waitUntil(lambda: labels_name("HE") + RUNNING in viewer.layers, timeout=30_000)
+    qtbot.waitUntil(lambda: bool(running_layers(viewer)), timeout=30_000)
     widget.deleteLater()  # as when the viewer closes with the dock widget in it
     qtbot.waitUntil(lambda: handle.orphaned, timeout=5_000)
     wait_for(qtbot, handle)  # no callback touches the deleted widget (pytest-qt would fail)
     assert handle.cancelled and handle.failed is None
     assert [layer.name for layer in viewer.layers] == ["HE"]  # no orphaned partial layer
+
+
+def test_a_polygon_is_segmented_inside_only(make_napari_viewer, qtbot, checkpoint) -> None:
+    from skimage.draw import polygon2mask
+
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, image=small_he((256, 320)))
+    widget.prototypes_check.setChecked(False)
+    tri = np.array([[10.0, 20.0], [200.0, 60.0], [40.0, 300.0]])  # (y, x) data px
+    shapes = viewer.add_shapes([tri], shape_type="polygon", name="ROI")
+    shapes.selected_data = {0}
+    widget.scope_combo.setCurrentText("Selected shape")
+    widget.shapes_combo.setCurrentText("ROI")
+    wait_for(qtbot, widget.run())
+    layer = viewer.layers[-1]
+    assert layer.name.startswith(f"{labels_name('HE')} shape in ROI")
+    ox, oy = widget.outcome.store.offset
+    inside = polygon2mask(layer.data.shape, tri - [oy, ox] - 0.5)
+    assert (layer.data[~inside] == 0).all() and (layer.data[inside] > 0).mean() > 0.5
+
+
+def test_unknown_magnification_is_asked_for_and_flagged(make_napari_viewer, qtbot,
+                                                        checkpoint) -> None:
+    from napari_lpd.widgets.segment import ASSUMED_MPP
+
+    viewer, widget = make_widget(make_napari_viewer, checkpoint)  # pixels, no µm/px
+    widget.prototypes_check.setChecked(False)
+    assert "assumed" in widget.mpp_label.text() and f"{ASSUMED_MPP:g}" in widget.mpp_label.text()
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0
+    wait_for(qtbot, widget.run())
+    areas = [row[3].text() for row in widget.legend._rows]
+    assert all(f"(assumed {ASSUMED_MPP:g} µm/px)" in a for a in areas), areas
+    assert "(assumed)" in widget.status.text()
+    widget.mpp_spin.setValue(0.25)  # the user gives it
+    assert "0.25 µm/px (entered by you)" in widget.mpp_label.text()
+    assert widget.image_mpp() == (0.25, "entered by you", False)
+    wait_for(qtbot, widget.run())
+    areas = [row[3].text() for row in widget.legend._rows]
+    assert not any("assumed" in a for a in areas) and widget.outcome.store.mpp == 0.25
+
+
+def test_known_magnification_is_shown_with_its_source(make_napari_viewer, checkpoint) -> None:
+    viewer, widget = make_widget(make_napari_viewer, checkpoint, scale=(0.5, 0.5),
+                                 units=("µm", "µm"))
+    assert widget.mpp_label.text() == "0.5 µm/px (from the layer's scale)"
+    assert not widget.mpp_spin.isEnabled()
+
+
+def test_legend_areas_use_one_unit() -> None:
+    from napari_lpd.widgets.legend import format_areas
+
+    assert format_areas([52_600, 1_260, 0]) == ["0.053 mm²", "0.001 mm²", "0.000 mm²"]
+    assert format_areas([5_000, 12.5]) == ["5000 µm²", "12 µm²"]

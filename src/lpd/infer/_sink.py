@@ -139,3 +139,62 @@ def cell_range(span: tuple[int, int], stride: float) -> tuple[int, int]:
 
 def cell_count(length: int, stride: float) -> int:
     return max(1, math.ceil(length / stride - 0.5))
+
+
+# -- resume without recomputation ------------------------------------------------------
+RESUME_STATE = "resume-state.npz"
+
+
+def save_resume_state(store: OutputStore, blender, cells: dict) -> None:
+    """What an interrupted run had computed and a resume would otherwise compute again:
+    the blending band (weighted class-map sums and weights of the rows still needed by
+    unfinished chunks, per fused scale), the windows in it, and their prototype cells.
+    Written atomically beside the store's arrays; removed when the store completes."""
+    import io
+
+    from lpd._atomic import atomic_write_bytes
+
+    arrays: dict[str, np.ndarray] = {
+        "computed": np.array(sorted(blender.computed), np.int64).reshape(-1, 2),
+        "grid": np.array(blender.grid, np.int64),
+    }
+    for k, acc in enumerate(blender.acc):
+        arrays[f"base{k}"] = np.array(acc.base, np.int64)
+        arrays[f"band{k}"] = acc.buf.detach().cpu().numpy()
+    for (r, c), cell in cells.items():
+        arrays[f"cells_{r}_{c}"] = cell
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(store.path / RESUME_STATE, buf.getvalue())
+
+
+def load_resume_state(store: OutputStore, blender, cells: dict) -> set[tuple[int, int]]:
+    """Restore ``save_resume_state``'s band into ``blender`` (and prototype cells into
+    ``cells``); returns the windows that need no forward pass again. A missing, damaged
+    or mismatched state restores nothing (the resume then recomputes neighbours)."""
+    path = store.path / RESUME_STATE
+    if not path.is_file():
+        return set()
+    try:
+        with np.load(path) as data:
+            if not np.array_equal(data["grid"], np.array(blender.grid, np.int64)):
+                return set()
+            bands = [(int(data[f"base{k}"]), data[f"band{k}"]) for k in range(len(blender.acc))]
+            computed = {(int(r), int(c)) for r, c in data["computed"]}
+            restored = {tuple(int(v) for v in key.split("_")[1:]): data[key]
+                        for key in data.files if key.startswith("cells_")}
+    except (OSError, ValueError, KeyError):
+        return set()
+    for acc, (_, band) in zip(blender.acc, bands, strict=True):
+        if band.shape[0] != acc.buf.shape[0] or band.shape[2] != acc.buf.shape[2]:
+            return set()
+    for acc, (base, band) in zip(blender.acc, bands, strict=True):
+        acc.base = base
+        acc.buf = torch.as_tensor(band, device=acc.buf.device)
+    blender.computed |= computed
+    cells.update(restored)
+    return computed
+
+
+def drop_resume_state(store: OutputStore) -> None:
+    (store.path / RESUME_STATE).unlink(missing_ok=True)

@@ -52,7 +52,14 @@ from lpd.errors import InputError, LPDError
 from lpd.infer._blend import ScoreBlender
 from lpd.infer._plan import TilePlan, plan_tiled, tissue_fractions
 from lpd.infer._reader import WindowReader
-from lpd.infer._sink import open_sink, tile_cells, window_cells
+from lpd.infer._sink import (
+    drop_resume_state,
+    load_resume_state,
+    open_sink,
+    save_resume_state,
+    tile_cells,
+    window_cells,
+)
 from lpd.infer.device import resolve_device
 from lpd.infer.patch import FUSED_SCALES
 from lpd.infer.tissue import DEFAULT_SATURATION
@@ -90,6 +97,13 @@ class TiledResult:
     forward_passes: int
     tiles_skipped: int
     elapsed: float
+    full_passes: int = 0  # forward passes an uninterrupted run of the whole grid makes
+
+    @property
+    def reused_passes(self) -> int:
+        """Passes not made again: a finished store reused, or a resume's finished chunks
+        (``full_passes - forward_passes``; background found while reading not counted)."""
+        return max(0, self.full_passes - self.forward_passes)
 
 
 def run_tiled(gen: Generator[TiledProgress, None, TiledResult]) -> TiledResult:
@@ -121,6 +135,7 @@ def predict_tiled(
     resume: bool = True,
     keep_scores: bool = False,
     amp: bool = True,
+    roi: Sequence[Sequence[float]] | np.ndarray | None = None,
 ) -> Generator[TiledProgress, None, TiledResult]:
     """Segment ``region`` (x, y, w, h in level-0 px; None = all) of ``image`` (an (H, W, 3)
     uint8 array-like or a Slide); see the module docstring. ``mpp``: the image's level-0
@@ -130,7 +145,9 @@ def predict_tiled(
     and moved to ``device`` (None: cuda > mps > cpu); autocast (bf16/fp16) on CUDA if ``amp``. ``store``: a path (created, or resumed when ``resume``) or an open store;
     None keeps the labels in memory (small regions); ``chunk``: its chunk size (a multiple
     of the tile; default about 512 px). ``keep_scores`` returns the blended
-    score maps too (tests, small regions)."""
+    score maps too (tests, small regions). ``roi``: a polygon, (N, 2) vertices (x, y) in
+    level-0 px (e.g. a QuPath or napari annotation): pixels outside it get label 0 and
+    tiles outside it are not computed (``region`` should be its bounding box)."""
     if batch_size < 1:
         raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
     if protocol not in ("predicted", "oracle"):
@@ -149,8 +166,11 @@ def predict_tiled(
     wy, wx = len(gy.starts), len(gx.starts)
     p_count = cfg.num_classes * model.k
     p_stride = plan.strides[-1]
+    polygon = _roi_polygon(roi, plan)
     settings = {"tissue_threshold": tissue_threshold, "protocol": protocol,
                 "presence": None if presence is None else [bool(v) for v in presence]}
+    if polygon is not None:
+        settings["roi"] = [[round(float(x), 3), round(float(y), 3)] for x, y in roi]
     sink = open_sink(store, model, plan, prototypes, p_count, p_stride, resume, settings,
                      chunk)
     on_disk = isinstance(sink, OutputStore)
@@ -165,6 +185,12 @@ def predict_tiled(
     background = np.zeros((ty, tx), bool)
     if fractions is not None:  # NaN (no view pixel in the tile): computed, to be safe
         background = np.nan_to_num(fractions, nan=1.0) < tissue_threshold
+    wanted = np.ones((ty, tx), bool)  # tiles inside the roi (all without one)
+    outside = None
+    if polygon is not None:  # tiles outside the polygon: label 0 at once, never finalised
+        wanted = _tiles_touching(polygon, gy, gx)  # (their windows still feed the
+        outside = ~wanted & todo  # blending of the tiles inside: same labels as without)
+        todo &= ~outside
     lazy = tissue_threshold is not None and fractions is None
     twy, twx = np.array(gy.tile_windows), np.array(gx.tile_windows)
     # windows to finalise: those holding a tile to compute; needed: those and their
@@ -179,6 +205,11 @@ def predict_tiled(
     nb_y = [gy.neighbours(r, margin) for r in range(wy)]
     nb_x = [gx.neighbours(c, margin) for c in range(wx)]
     candidates = np.flatnonzero((_dilate(finalise_w, nb_y, nb_x) & ~all_bg).ravel())
+    # what an uninterrupted run computes: the same, with every tile still to do
+    every = np.zeros((wy, wx), bool)
+    ii, jj = np.nonzero(~background & wanted)
+    every[twy[ii], twx[jj]] = True
+    full_passes = int((_dilate(every, nb_y, nb_x) & ~all_bg).sum())
     stats = {"done": int((~todo).sum()), "skipped": 0, "passes": 0}
 
     def put(i: int, j: int, labels: np.ndarray | None, protos: np.ndarray | None) -> None:
@@ -189,6 +220,9 @@ def predict_tiled(
 
     for i, j in zip(*np.nonzero(todo & background), strict=True):
         put(int(i), int(j), None, None)
+    if outside is not None:
+        for i, j in zip(*np.nonzero(outside), strict=True):
+            sink.put_tile(int(i), int(j), None, None)  # counted as done above
     blender = ScoreBlender(
         gy, gx, plan.strides, [plan.input_size // s for s in plan.strides], cfg.num_classes,
         dev, cfg.fusion_weights, cfg.background_power, cfg.presence_threshold,
@@ -196,6 +230,10 @@ def predict_tiled(
         keep_scores,
     )
     cells: dict[tuple[int, int], np.ndarray] = {}  # prototype cells of computed windows
+    if on_disk:  # a resume: what the interrupted run computed is not computed again
+        again = load_resume_state(sink, blender, cells)
+        if again:
+            candidates = candidates[~np.isin(candidates, [r * wx + c for r, c in again])]
     pending = {r: [int(c) for c in np.flatnonzero(finalise_w[r])] for r in range(wy)}
     pending = {r: cs for r, cs in pending.items() if cs}
     hi_y = [rng[-1] for rng in nb_y]
@@ -214,7 +252,7 @@ def predict_tiled(
         painted = []
         done = blender.finalise([w for w in ready if w in blender.computed])
         for win in done:
-            protos = cells.pop((win.r, win.c), None)
+            protos = cells.get((win.r, win.c))  # kept with the band (a resume's)
             for i in gy.window_tiles[win.r]:
                 for j in gx.window_tiles[win.c]:
                     if not todo[i, j]:
@@ -224,6 +262,8 @@ def predict_tiled(
                         continue
                     (y0, y1), (x0, x1) = gy.tile_span(i), gx.tile_span(j)
                     labels = win.labels[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
+                    if polygon is not None:
+                        labels = _inside(polygon, (y0, y1), (x0, x1)) * labels
                     put(i, j, labels, tile_cells(protos, gy, gx, i, j, win, p_stride))
                     painted.append((y0, x0, labels))
                     if scores_out is not None and win.scores is not None:
@@ -236,8 +276,23 @@ def predict_tiled(
                         if todo[i, j]:
                             put(i, j, None, None)
         if pending:
-            blender.release_before(nb_y[min(pending)][0])
+            first = min(nb_y[min(pending)][0], kept_row())
+            blender.release_before(first)
+            for key in [k for k in cells if k[0] < first]:
+                del cells[key]
         return painted
+
+    def kept_row() -> int:
+        """First window row a resume could still need: the neighbours of the earliest
+        chunk row not yet finished (kept in the band, so an interruption loses nothing
+        that a finished chunk holds)."""
+        if not on_disk:
+            return wy
+        open_rows = np.flatnonzero(~sink.finished().all(axis=1))
+        if not len(open_rows):
+            return wy
+        tile_row = min(int(open_rows[0]) * (sink.chunk // sink.tile), ty - 1)
+        return nb_y[gy.tile_windows[tile_row]][0]
 
     def window_box(index: int) -> tuple[int, int, int, int]:
         r, c = divmod(index, wx)
@@ -299,14 +354,50 @@ def predict_tiled(
                 yield TiledProgress(stats["done"], ty * tx, stats["skipped"], stats["passes"],
                                     time.perf_counter() - t0, "pyramid")
             sink.mark_complete()
+            drop_resume_state(sink)
     finally:
         reader.close()
         model.train(was_training)
+        if on_disk and not sink.complete and blender.computed:
+            save_resume_state(sink, blender, cells)  # stopped: keep what was computed
     return TiledResult(
         plan, sink if on_disk else None, None if on_disk else sink.labels,
         None if on_disk else sink.prototypes, scores_out, stats["passes"], stats["skipped"],
-        time.perf_counter() - t0,
+        time.perf_counter() - t0, full_passes,
     )
+
+
+def _roi_polygon(roi, plan: TilePlan) -> np.ndarray | None:
+    """The ROI's vertices in output px, (N, 2) as (row, col); None without an ROI."""
+    if roi is None:
+        return None
+    pts = np.asarray(roi, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+        raise InputError(None, "roi must be a polygon: three or more (x, y) vertices")
+    ox, oy = plan.offset
+    return np.stack([(pts[:, 1] - oy) / plan.scale, (pts[:, 0] - ox) / plan.scale], axis=1)
+
+
+def _inside(polygon: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """uint8 mask of the output pixels [rows) x [cols) whose centres lie in the polygon."""
+    from skimage.draw import polygon2mask
+
+    shape = (rows[1] - rows[0], cols[1] - cols[0])
+    shifted = polygon - np.array([rows[0] + 0.5, cols[0] + 0.5])
+    return polygon2mask(shape, shifted).astype(np.uint8)
+
+
+def _tiles_touching(polygon: np.ndarray, gy, gx) -> np.ndarray:
+    """(ty, tx): tiles that overlap the polygon (shapely)."""
+    from shapely import box, intersects, polygons
+
+    poly = polygons(polygon[:, ::-1])  # (x, y)
+    out = np.zeros((gy.count, gx.count), bool)
+    for i in range(gy.count):
+        y0, y1 = gy.tile_span(i)
+        boxes = [box(x0, y0, x1, y1) for x0, x1 in map(gx.tile_span, range(gx.count))]
+        out[i] = intersects(poly, boxes)
+    return out
 
 
 def _dilate(mask: np.ndarray, nb_y: list[range], nb_x: list[range]) -> np.ndarray:

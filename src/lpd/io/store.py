@@ -177,7 +177,12 @@ class OutputStore:
 
     @property
     def class_colours(self) -> list[tuple[int, int, int]]:
-        return [tuple(c) for c in self.meta["class_colours"]]  # type: ignore[misc]
+        """The classes' display colours (a store written before NEC's colour became
+        readable on a dark canvas shows the new one: ``lpd.classes.readable_colours``)."""
+        from lpd.classes import readable_colours
+
+        return [tuple(c) for c in readable_colours(  # type: ignore[misc]
+            self.class_names, self.meta["class_colours"])]
 
     @property
     def mpp(self) -> float | None:
