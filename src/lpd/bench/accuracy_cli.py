@@ -66,6 +66,12 @@ def register(benches: argparse._SubParsersAction) -> None:
                    "baseline; writes FILE.json and FILE.md")
     p.add_argument("--short", action="store_true",
                    help="with --leave-one-release-out: the recipe's shortened training")
+    p.add_argument("--levers", default="recipe",
+                   help="with --leave-one-release-out: comma-separated changes to the recipe "
+                   "to screen, one run set each (see lpd.bench.levers; default: recipe)")
+    p.add_argument("--releases",
+                   help="with --leave-one-release-out: the releases to hold out "
+                   "(comma-separated; default: all)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     p.add_argument("--out-dir", type=Path, help="keep each run's checkpoint and history here")
@@ -120,32 +126,47 @@ def run_loro_cli(args: argparse.Namespace) -> int:
     import torch
 
     from lpd._atomic import atomic_write_text
-    from lpd.bench.loro import LoroSettings, format_loro, run_loro
+    from lpd.bench.levers import LEVERS
+    from lpd.bench.loro import LoroSettings, format_loro, format_sweep, run_loro
+    from lpd.errors import InputError
     from lpd.infer.device import resolve_device
 
-    settings = LoroSettings(seeds=args.seeds or 2, steps=args.steps,
-                            eval_mosaics=args.eval_mosaics or 64, short=args.short,
-                            device=str(resolve_device(args.device)))
-    if settings.device == "cpu":
+    levers = [v.strip() for v in args.levers.split(",") if v.strip()]
+    unknown = [v for v in levers if v not in LEVERS]
+    if unknown:
+        raise InputError(None, f"unknown lever(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(LEVERS)}")
+    releases = tuple(v.strip() for v in args.releases.split(",")) if args.releases else None
+    device = str(resolve_device(args.device))
+    if device == "cpu":
         torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
-    print(f"lpd bench accuracy --leave-one-release-out: {settings.seeds} seed(s) per held-out "
-          f"release, {torch.get_num_threads()} torch thread(s)", flush=True)
-    gen = run_loro(settings)
-    while True:
-        try:
-            e = next(gen)
-        except StopIteration as stop:
-            report = stop.value
-            break
-        if e.phase != "train" or e.step % 20 == 0:
-            where = f"step {e.step}/{e.total}" if e.phase == "train" else e.phase
-            print(f"[held out {e.release}, seed {e.seed}] {where}", flush=True)
-    table = format_loro(report)
-    atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
-    md = args.json.with_suffix(".md")
-    atomic_write_text(md, table)
-    print(table)
-    print(f"wrote {args.json}, {md} in {report['seconds']} s")
+    reports = []
+    for lever in levers:
+        settings = LoroSettings(seeds=args.seeds or 2, steps=args.steps,
+                                eval_mosaics=args.eval_mosaics or 64, short=args.short,
+                                device=device, releases=releases, lever=lever,
+                                input_size=args.input_size)
+        print(f"lpd bench accuracy --leave-one-release-out, lever {lever}: {settings.seeds} "
+              f"seed(s) per held-out release, {torch.get_num_threads()} torch thread(s)",
+              flush=True)
+        gen = run_loro(settings)
+        while True:
+            try:
+                e = next(gen)
+            except StopIteration as stop:
+                reports.append(stop.value)
+                break
+            if e.phase != "train" or e.step % 20 == 0:
+                where = f"step {e.step}/{e.total}" if e.phase == "train" else e.phase
+                print(f"[{lever}; held out {e.release}, seed {e.seed}] {where}", flush=True)
+        # after every lever: partial results stay readable
+        payload = reports[0] if len(reports) == 1 and levers == ["recipe"] else reports
+        atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
+        text = format_loro(reports[0]) if payload is reports[0] else format_sweep(reports)
+        atomic_write_text(args.json.with_suffix(".md"), text)
+    print(text)
+    print(f"wrote {args.json}, {args.json.with_suffix('.md')} in "
+          f"{sum(r['seconds'] for r in reports)} s")
     return 0
 
 

@@ -53,14 +53,22 @@ class LoroSettings:
     short: bool = False  # the recipe's shortened training
     device: str = "cpu"
     releases: tuple[str, ...] | None = None  # default: every release of the recipe
+    lever: str = "recipe"  # a change to the recipe (``lpd.bench.levers``)
+    input_size: int | None = None  # screening at a smaller input (None: the recipe's)
 
     def run(self, recipe: Recipe) -> RunConfig:
+        from lpd.bench.levers import apply
+        from lpd.config import ModelConfig, TrainConfig
+
         run = recipe.run(short=self.short)
+        model, train = run.model.to_dict(), run.train.to_dict()
         if self.steps is not None:
-            warmup = min(run.train.warmup_iters, self.steps // 3)
-            run = dataclasses.replace(run, train=dataclasses.replace(
-                run.train, steps=self.steps, warmup_iters=warmup))
-        return run
+            train.update(steps=self.steps,
+                         warmup_iters=min(train["warmup_iters"], self.steps // 3))
+        if self.input_size is not None:
+            model["input_size"] = self.input_size
+        model, train = apply(self.lever, model, train)
+        return RunConfig(ModelConfig.from_dict(model), TrainConfig.from_dict(train))
 
 
 @dataclass
@@ -129,8 +137,9 @@ def run_loro(settings: LoroSettings) -> Iterator[LoroEvent]:
     releases = settings.releases or tuple(recipe.raw["releases"])
     t0 = time.perf_counter()
     report: dict[str, Any] = {"recipe": recipe.name, "recipe_id": recipe.id,
-                              "settings": dataclasses.asdict(settings),
-                              "train": run.train.to_dict(), "releases": {}}
+                              "lever": settings.lever, "settings": dataclasses.asdict(settings),
+                              "model": run.model.to_dict(), "train": run.train.to_dict(),
+                              "releases": {}}
     config = create_model(config=run.model, pretrained=False).config  # normalisation
     for release in releases:
         others = set(recipe.raw["releases"]) - {release}
@@ -240,4 +249,34 @@ def format_loro(report: dict[str, Any]) -> str:
             f"{ms(s['predicted'][key])}{extra} | {ms(s['oracle'][key])} | "
             f"{b['one_class_guess'][key]:.3f} | {b['random_present_class'][key]:.3f} | "
             f"{'-' if other is None else ms(other)} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_sweep(reports: list[dict[str, Any]]) -> str:
+    """A markdown table of a lever sweep: one row per lever, per held-out release the
+    predicted and oracle mIoU (mean ± std over seeds) and the predicted difference to
+    the ``recipe`` lever's."""
+    releases = sorted({r for rep in reports for r in rep["releases"]})
+    base = next((rep for rep in reports if rep["lever"] == "recipe"), None)
+
+    def cell(rep: dict, release: str, protocol: str) -> tuple[float, float] | None:
+        e = rep["releases"].get(release)
+        if e is None or "mIoU" not in e["summary"][protocol]:
+            return None
+        m = e["summary"][protocol]["mIoU"]
+        return m["mean"], m["std"]
+
+    head = "| lever | seeds | " + " | ".join(
+        f"{r} predicted | {r} oracle | {r} Δ predicted" for r in releases) + " |"
+    lines = [head, "|---|---|" + "---|---|---|" * len(releases)]
+    for rep in reports:
+        parts = []
+        for r in releases:
+            p, o = cell(rep, r, "predicted"), cell(rep, r, "oracle")
+            b = cell(base, r, "predicted") if base else None
+            parts.append("–" if p is None else f"{p[0]:.3f} ± {p[1]:.3f}")
+            parts.append("–" if o is None else f"{o[0]:.3f} ± {o[1]:.3f}")
+            parts.append("–" if p is None or b is None else f"{p[0] - b[0]:+.3f}")
+        lines.append(f"| {rep['lever']} | {rep['settings']['seeds']} | " + " | ".join(parts)
+                     + " |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "accuracy": "lpd.bench.accuracy_cli",
     "throughput": "lpd.bench.throughput_cli",
+    "adapt": "lpd.bench.adapt_cli",
 }
 
 

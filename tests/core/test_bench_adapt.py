@@ -1,0 +1,76 @@
+"""``lpd bench adapt`` and the lever sweep's plumbing, on tiny settings (the machinery,
+not a measurement)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lpd.bench.adapt import AdaptSettings, format_adapt, plot_adapt, run_adapt, split_halves
+from lpd.bench.levers import LEVERS, apply
+from lpd.bench.loro import format_sweep
+from lpd.data.mosaic import TileFolder
+from lpd.data.sample import NCT_TILES
+
+
+def test_halves_split_by_tile_ceil_n_over_2() -> None:
+    folder = TileFolder(NCT_TILES)
+    first, second = split_halves(folder)
+    for name, paths in folder.paths.items():
+        assert len(first.paths[name]) == math.ceil(len(paths) / 2)
+        assert not set(first.paths[name]) & set(second.paths[name])
+        assert set(first.paths[name]) | set(second.paths[name]) == set(paths)
+
+
+def test_adapt_reports_gain_and_off_target_change(tmp_path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = run_adapt(AdaptSettings(NCT_TILES, counts=(0, 2), seeds=2, steps=1,
+                                      eval_mosaics=2, base_steps=1))
+        phases = []
+        while True:
+            try:
+                phases.append(next(gen).phase)
+            except StopIteration as stop:
+                report = stop.value
+                break
+    finally:
+        torch.set_num_threads(threads)
+    assert {"base", "finetune", "evaluate"} <= set(phases)
+    assert report["base"] == "recipe trained on kather2016, tcga-tumour"  # nct never seen
+    assert len(report["runs"]["0"]) == 1 and len(report["runs"]["2"]) == 2
+    for run in report["runs"]["2"]:
+        assert 0.0 <= run["off_target"] <= 1.0 and run["tagged_classes"]
+        assert 0.0 <= run["oracle"]["mIoU"] <= 1.0
+    assert report["summary"]["2"]["oracle"]["n"] == 2
+    table = format_adapt(report)
+    assert "| 0 | 1 |" in table and "| 2 | 2 |" in table
+    assert plot_adapt(report, tmp_path / "curve.png").stat().st_size > 1000
+    json.dumps(report)
+
+
+def test_levers_change_only_what_they_name() -> None:
+    model, train = {"input_size": 128, "stain_normalisation": None}, \
+        {"steps": 300, "warmup_iters": 80, "hed_sigma": 0.05, "div_weight": 0.5}
+    assert apply("recipe", model, train) == (model, train)
+    m, t = apply("steps_x2", model, train)
+    assert t["steps"] == 600 and t["warmup_iters"] == 160 and m == model
+    m, t = apply("macenko", model, train)
+    assert m["stain_normalisation"] == "macenko" and t == train
+    with pytest.raises(KeyError, match="known"):
+        apply("nope", model, train)
+    assert all("note" in spec for spec in LEVERS.values())
+
+
+def test_sweep_table_gives_differences_to_the_recipe() -> None:
+    def report(lever, value):
+        cell = {"mIoU": {"mean": value, "std": 0.01}}
+        return {"lever": lever, "settings": {"seeds": 1},
+                "releases": {"nct": {"summary": {"predicted": cell, "oracle": cell}}}}
+
+    table = format_sweep([report("recipe", 0.30), report("no_div", 0.35)])
+    assert "| no_div | 1 | 0.350 ± 0.010 | 0.350 ± 0.010 | +0.050 |" in table
