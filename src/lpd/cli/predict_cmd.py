@@ -157,4 +157,7 @@ def _report_done(result, total: int, before: int, seconds: float, out: Path) -> 
     rate = result.forward_passes / seconds if seconds > 0 else 0.0
     print(f"throughput: {result.forward_passes} forward passes in {seconds:.1f} s "
           f"({rate:.2f} passes/s)")
+    if result.reused_passes:
+        print(f"reused {result.reused_passes} of {result.full_passes} model passes "
+              "(the store's earlier runs)")
     print(f"export with: lpd export {shlex.quote(str(out))}")

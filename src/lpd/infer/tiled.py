@@ -97,13 +97,12 @@ class TiledResult:
     forward_passes: int
     tiles_skipped: int
     elapsed: float
-    full_passes: int = 0  # forward passes an uninterrupted run of the whole grid makes
+    reused_passes: int = 0  # passes of the store's earlier runs not made again
 
     @property
-    def reused_passes(self) -> int:
-        """Passes not made again: a finished store reused, or a resume's finished chunks
-        (``full_passes - forward_passes``; background found while reading not counted)."""
-        return max(0, self.full_passes - self.forward_passes)
+    def full_passes(self) -> int:
+        """Passes the whole result took, over this run and the store's earlier ones."""
+        return self.forward_passes + self.reused_passes
 
 
 def run_tiled(gen: Generator[TiledProgress, None, TiledResult]) -> TiledResult:
@@ -205,11 +204,12 @@ def predict_tiled(
     nb_y = [gy.neighbours(r, margin) for r in range(wy)]
     nb_x = [gx.neighbours(c, margin) for c in range(wx)]
     candidates = np.flatnonzero((_dilate(finalise_w, nb_y, nb_x) & ~all_bg).ravel())
-    # what an uninterrupted run computes: the same, with every tile still to do
-    every = np.zeros((wy, wx), bool)
-    ii, jj = np.nonzero(~background & wanted)
-    every[twy[ii], twx[jj]] = True
-    full_passes = int((_dilate(every, nb_y, nb_x) & ~all_bg).sum())
+    # windows all of whose tiles a finished chunk holds: computed before, for sure
+    settled = np.ones((wy, wx), bool)
+    ii, jj = np.nonzero(sink.needed_tiles((ty, tx)))
+    settled[twy[ii], twx[jj]] = False
+    prior = sink.passes if on_disk else 0  # the store's earlier runs'
+    recomputed = [0]
     stats = {"done": int((~todo).sum()), "skipped": 0, "passes": 0}
 
     def put(i: int, j: int, labels: np.ndarray | None, protos: np.ndarray | None) -> None:
@@ -333,6 +333,7 @@ def predict_tiled(
                 with torch.inference_mode():
                     for b, it in enumerate(items):
                         r, c = divmod(it.index, wx)
+                        recomputed[0] += bool(settled[r, c])
                         blender.add(r, c, [m[b] for m in cams])
                         if protos is not None and finalise_w[r, c]:
                             cells[(r, c)] = window_cells(protos[b], gy, gx, r, c, p_stride)
@@ -358,12 +359,14 @@ def predict_tiled(
     finally:
         reader.close()
         model.train(was_training)
+        if on_disk:
+            sink.record_passes(prior + stats["passes"] - recomputed[0])
         if on_disk and not sink.complete and blender.computed:
             save_resume_state(sink, blender, cells)  # stopped: keep what was computed
     return TiledResult(
         plan, sink if on_disk else None, None if on_disk else sink.labels,
         None if on_disk else sink.prototypes, scores_out, stats["passes"], stats["skipped"],
-        time.perf_counter() - t0, full_passes,
+        time.perf_counter() - t0, max(0, prior - recomputed[0]),
     )
 
 

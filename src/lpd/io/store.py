@@ -322,6 +322,16 @@ class OutputStore:
         self._write_ome()
         self.group.attrs["lpd"] = self.meta
 
+    def record_passes(self, passes: int) -> None:
+        """Model passes made for this store so far, over all its runs (each window once):
+        how a rerun knows what it reused."""
+        self.meta["passes"] = int(passes)
+        self.group.attrs["lpd"] = self.meta
+
+    @property
+    def passes(self) -> int:
+        return int(self.meta.get("passes", 0))
+
     def mark_complete(self) -> None:
         """The last write of a run: from now on readers may present the store as whole."""
         self.meta["complete"] = True
