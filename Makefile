@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/lpd bench throughput
 
 # Reproduce the shipped default model (src/lpd/weights/): its weights and card figures
-# (about 8 minutes on 2 cores), then the short recipe's figure, then docs/model-card.md.
+# (about 6 minutes on 2 cores), then the short recipe's figure, then docs/model-card.md.
 default-model: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m lpd.default_model
 	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(BIN)/python -m lpd.default_model --short

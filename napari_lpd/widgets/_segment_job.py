@@ -1,5 +1,5 @@
 """The segment widget's background job (no Qt here): resolve the checkpoint (training the
-default model on first use), plan, run ``predict_tiled`` into a zarr store, count class
+default model only where its shipped weights are missing), plan, run ``predict_tiled`` into a zarr store, count class
 areas. A generator of ``JobEvent``s, run by ``napari_lpd._workers.run_in_worker``.
 
 Output: always a zarr ``OutputStore`` under ``<lpd cache>/runs/`` (memory stays bounded
@@ -214,7 +214,7 @@ def _train_default(device: str) -> Generator[JobEvent, None, Path]:
                 return Path(stop.value)
             eta = f", about {p.eta / 60:.0f} min left" if p.eta >= 60 else f", {p.eta:.0f} s left"
             yield JobEvent("training", p.step, p.total,
-                           f"Training the default model (first use only): step "
+                           f"Training the default model (its weights are missing): step "
                            f"{p.step}/{p.total}, loss {p.loss:.3f}{eta}")
     finally:
         gen.close()  # a cancelled training writes no checkpoint

@@ -24,7 +24,7 @@ from napari.utils.notifications import show_info
 from qtpy import QtWidgets as qw
 from qtpy.QtCore import Signal
 
-from lpd.config import TrainConfig
+from lpd.config import FINETUNE_BATCH, FINETUNE_LR, FINETUNE_STEPS, TrainConfig
 from lpd.data.tags import TagStore, sidecar_path
 from lpd.default_model import default_checkpoint_path, is_cached, train_default_model
 from lpd.errors import InputError
@@ -103,10 +103,10 @@ class FineTuneWidget(qw.QWidget):
         self.output_edit = qw.QLineEdit()
         self.output_edit.setPlaceholderText("auto: <checkpoint>-finetuned.safetensors")
         form.addRow("Save as", self.output_edit)
-        self.steps_spin = qw.QSpinBox(minimum=1, maximum=100000, value=100, toolTip="steps")
-        self.batch_spin = qw.QSpinBox(minimum=1, maximum=256, value=8, toolTip="batch size")
+        self.steps_spin = qw.QSpinBox(minimum=1, maximum=100000, value=FINETUNE_STEPS, toolTip="steps")
+        self.batch_spin = qw.QSpinBox(minimum=1, maximum=256, value=FINETUNE_BATCH, toolTip="batch size")
         form.addRow("Steps, batch", row_of(self.steps_spin, self.batch_spin))
-        self.lr_spin = qw.QDoubleSpinBox(decimals=7, minimum=1e-7, maximum=1e-2, value=5e-5,
+        self.lr_spin = qw.QDoubleSpinBox(decimals=7, minimum=1e-7, maximum=1e-2, value=FINETUNE_LR,
                                          singleStep=1e-5, toolTip="learning rate")
         self.device_combo = qw.QComboBox()
         self.device_combo.addItems(available_devices())
@@ -203,11 +203,11 @@ class FineTuneWidget(qw.QWidget):
 
         def job() -> Any:
             base = checkpoint
-            if base is None:  # the default model, trained on first use
+            if base is None:  # the shipped default model (trained only if it is missing)
                 base = default_checkpoint_path()
                 if not is_cached():
                     for p in train_default_model(device=options["device"]):
-                        yield "Training the default model (first use)", p
+                        yield "Training the default model (its weights are missing)", p
             with opened_pixels(layer) as (pixels, mpp):
                 result = yield from _tagged(fine_tune(base, store, pixels, mpp=mpp, **options))
             return result

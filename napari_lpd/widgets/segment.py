@@ -348,7 +348,13 @@ class SegmentWidget(QWidget):
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None
         self.outcome = outcome
-        layer = self.live.finish(self._image, outcome)
+        shown = self._result_of(outcome.store.path)
+        if shown is not None and outcome.forward_passes == 0:
+            # an identical run's result, reused whole and still on screen: no duplicate
+            self.live.drop()
+            self.viewer.layers.selection.active = layer = shown
+        else:
+            layer = self.live.finish(self._image, outcome)
         store = outcome.store
         self.legend.set_classes(store.class_names, store.class_colours)
         self.legend.set_counts(outcome.counts, store.mpp,
@@ -358,6 +364,15 @@ class SegmentWidget(QWidget):
                 if isinstance(lyr, Labels) and lyr.metadata.get("lpd_store")}
         prune_runs(keep)
         self.run_finished.emit(layer)
+
+    def _result_of(self, store: Path) -> Labels | None:
+        """The finished result layer showing ``store``, if one is open."""
+        for layer in self.viewer.layers:
+            path = getattr(layer, "metadata", {}).get("lpd_store")
+            if isinstance(layer, Labels) and path and Path(path) == Path(store) \
+                    and layer.metadata.get("lpd_complete"):
+                return layer
+        return None
 
     def _on_error(self, exc: BaseException) -> None:
         self.live.drop()

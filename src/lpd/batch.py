@@ -148,7 +148,8 @@ def resolve_checkpoint(
     on_train_progress: Callable[[object], None] | None = None,
     device: str = "cpu",
 ) -> Path:
-    """A checkpoint path; None or "default" is the default model (trained on first use)."""
+    """A checkpoint path; None or "default" is the shipped default model (trained only
+    where its weights are missing: a stripped install)."""
     if checkpoint is None or str(checkpoint) == "default":
         from lpd.default_model import default_checkpoint
 

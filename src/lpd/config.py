@@ -17,6 +17,9 @@ from lpd.errors import InputError
 #: Class presence from the model ("predicted") or the ground-truth tags ("oracle", the
 #: published protocol). Kept here, free of torch, so `lpd --help` stays fast.
 PROTOCOLS = ("predicted", "oracle")
+#: The Fine-tune widget's defaults (steps, batch, learning rate), set from ``lpd bench
+#: adapt``: about the steps it makes in two minutes at two threads on a 2-core CPU.
+FINETUNE_STEPS, FINETUNE_BATCH, FINETUNE_LR = 100, 8, 5e-5
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

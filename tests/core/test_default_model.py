@@ -106,6 +106,7 @@ def test_evaluate_takes_the_default_checkpoint(tmp_path, capsys) -> None:
     finally:
         torch.set_num_threads(threads)
     assert code == 0
+    assert "measure fit, not generalisation" in capsys.readouterr().err  # bundled tiles
     payload = json.loads((tmp_path / "s.json").read_text())
     assert 0.0 <= payload["predicted"]["mIoU"] <= 1.0
 

@@ -70,11 +70,15 @@ def test_finished_results_are_kept_and_a_rerun_says_what_it_reused(
     for _ in range(2):
         wait_for(qtbot, widget.run())
     name = f"{labels_name('HE')} whole image · {checkpoint.stem}"
-    assert [layer.name for layer in viewer.layers] == ["HE", name, f"{name} [1]"]
-    # the second, identical run reused the first's finished store, and says so
+    # the second, identical run reused the first's finished store, says so, and shows the
+    # result already on screen instead of a duplicate
+    assert [layer.name for layer in viewer.layers] == ["HE", name]
     text = widget.status.text()
     assert "reused" in text and "none made" in text, text
-    assert np.array_equal(viewer.layers[name].data, viewer.layers[f"{name} [1]"].data)
+    assert viewer.layers.selection.active is viewer.layers[name]
+    widget.scope_combo.setCurrentText("Current view")  # another scope: kept beside it
+    wait_for(qtbot, widget.run())
+    assert len(viewer.layers) == 3 and viewer.layers[name].metadata["lpd_complete"]
 
 
 def test_cancel_removes_only_its_own_partial_layer(make_napari_viewer, qtbot, checkpoint):

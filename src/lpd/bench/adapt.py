@@ -35,14 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpd.config import FINETUNE_BATCH as WIDGET_BATCH
+from lpd.config import FINETUNE_LR as WIDGET_LR
+from lpd.config import FINETUNE_STEPS as WIDGET_STEPS
 from lpd.config import PROTOCOLS
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.metrics import ConfusionMatrix
 
-#: Fine-tune widget defaults, set from this benchmark (README): steps, batch, rate.
-WIDGET_STEPS = 100
-WIDGET_BATCH = 8
-WIDGET_LR = 5e-5
 TAG_SEED = 3_000_000  # the stream of "tagged" mosaics (first half)
 EVAL_SEED = 4_000_000  # the stream of evaluation mosaics (second half)
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 
 def register(benches: argparse._SubParsersAction) -> None:
-    from lpd.bench.adapt import WIDGET_BATCH, WIDGET_LR, WIDGET_STEPS
+    from lpd.config import FINETUNE_BATCH as WIDGET_BATCH
+    from lpd.config import FINETUNE_LR as WIDGET_LR
+    from lpd.config import FINETUNE_STEPS as WIDGET_STEPS
 
     p = benches.add_parser(
         "adapt",

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_checkpoint(resolve_default(args.checkpoint), device)
+    _warn_in_sample(args.checkpoint, args.data)
     dataset = evaluation_dataset(args.data, model.config, args.split, args.mosaics,
                                  args.seed, args.tile_mpp)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
@@ -57,3 +58,22 @@ def run(args: argparse.Namespace) -> int:
         payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), **result.as_dict()}
         atomic_write_text(args.json, json.dumps(payload, indent=1))
     return 0
+
+
+def _warn_in_sample(checkpoint: str, data: Path) -> None:
+    """The default model trained on most bundled tiles: scoring it on a bundled tile
+    folder measures fit, not generalisation; say so (and where the honest figures are)."""
+    import sys
+
+    from lpd.data.sample import SAMPLE_ROOT
+
+    if str(checkpoint).lower() != "default":
+        return
+    try:
+        Path(data).resolve().relative_to((SAMPLE_ROOT / "tiles").resolve())
+    except ValueError:
+        return
+    print("note: the default model trained on most tiles of this bundled folder (all but "
+          "the held-apart ones its recipe lists): these scores measure fit, not "
+          "generalisation. Its held-apart and leave-one-release-out scores: "
+          "lpd info default, docs/model-card.md", file=sys.stderr)

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("slide", type=Path, help="slide or image file")
     p.add_argument("--checkpoint", default="default",
                    help="model checkpoint (.safetensors); 'default' (the default) trains the "
-                   "default model on first use and caches it")
+                   "shipped default model (lpd info default)")
     p.add_argument("--out", type=Path, required=True, help="output store (OUT.zarr)")
     p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="region in level-0 pixels (default: the whole slide)")
@@ -61,7 +61,8 @@ def checkpoint_for_cli(checkpoint: str | Path | None, device: str = "cpu") -> Pa
 
         def on_train(p) -> None:
             if not bars:
-                print("training the default model (first use; cached afterwards)",
+                print("training the default model (its shipped weights are missing; "
+                      "cached afterwards)",
                       file=sys.stderr)
                 bars.append(stack.enter_context(progress_bar(p.total, "default model", "step")))
             bars[0].update(p.step - bars[0].n)
@@ -70,62 +71,67 @@ def checkpoint_for_cli(checkpoint: str | Path | None, device: str = "cpu") -> Pa
 
 
 def run(args: argparse.Namespace) -> int:
+    from lpd.data.slide import open_slide
+
+    threads = default_threads() if args.threads is None else args.threads
+    if threads < 1:
+        raise InputError(None, f"--threads must be >= 1, got {threads}")
+    # the slide first, before torch loads: a bad file is reported at once
+    with open_slide(args.slide, mpp=args.mpp) as slide:
+        return _run(args, slide, threads)
+
+
+def _run(args: argparse.Namespace, slide, threads: int) -> int:
     import torch
 
-    from lpd.data.slide import open_slide
     from lpd.infer.device import resolve_device
     from lpd.infer.tiled import plan_tiled, predict_tiled
     from lpd.io.checkpoint import load_checkpoint
     from lpd.io.store import OutputStore
 
-    threads = default_threads() if args.threads is None else args.threads
-    if threads < 1:
-        raise InputError(None, f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     device = resolve_device(args.device)
     resume = not args.no_resume
     out: Path = args.out
-    # the slide first: a bad file is reported at once, not after the model has loaded
-    with open_slide(args.slide, mpp=args.mpp) as slide:
-        model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
-        kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp)
-        plan = plan_tiled(model, slide, **kwargs)
-        grid = plan.grid
-        total = grid[0] * grid[1]
-        before = 0
-        if resume and out.exists() and OutputStore.is_store(out):
-            old = OutputStore.open(out)
-            if old.is_whole() and tuple(old.shape) == tuple(plan.shape) and old.tile == plan.tile:
-                before = int((~old.needed_tiles(grid)).sum())
-        for note in plan.notes:
-            print(f"note: {note}", file=sys.stderr)
-        gen = predict_tiled(
-            model, slide, **kwargs, batch_size=args.batch_size, device=device,
-            tissue_threshold=args.tissue_threshold or None, store=out,
-            prototypes=args.prototypes, resume=resume)
-        t0 = time.perf_counter()
-        try:
-            with progress_bar(total, "tiles", "tile") as bar:
-                bar.update(before)
-                while True:
-                    try:
-                        progress = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    if progress.stage == "tiles":
-                        bar.update(progress.done - bar.n)
-                    else:
-                        bar.set_description("pyramid", refresh=False)
-        except KeyboardInterrupt:
-            gen.close()  # stops the reader thread; finished chunks stay on disk
-            _report_interrupted(out)
-            return 130
-        except InputError as exc:
-            if "resume=False" in exc.problem:
-                raise InputError(exc.path, exc.problem.replace("pass resume=False",
-                                                               "pass --no-resume")) from None
-            raise
+    model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
+    kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp)
+    plan = plan_tiled(model, slide, **kwargs)
+    grid = plan.grid
+    total = grid[0] * grid[1]
+    before = 0
+    if resume and out.exists() and OutputStore.is_store(out):
+        old = OutputStore.open(out)
+        if old.is_whole() and tuple(old.shape) == tuple(plan.shape) and old.tile == plan.tile:
+            before = int((~old.needed_tiles(grid)).sum())
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    gen = predict_tiled(
+        model, slide, **kwargs, batch_size=args.batch_size, device=device,
+        tissue_threshold=args.tissue_threshold or None, store=out,
+        prototypes=args.prototypes, resume=resume)
+    t0 = time.perf_counter()
+    try:
+        with progress_bar(total, "tiles", "tile") as bar:
+            bar.update(before)
+            while True:
+                try:
+                    progress = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if progress.stage == "tiles":
+                    bar.update(progress.done - bar.n)
+                else:
+                    bar.set_description("pyramid", refresh=False)
+    except KeyboardInterrupt:
+        gen.close()  # stops the reader thread; finished chunks stay on disk
+        _report_interrupted(out)
+        return 130
+    except InputError as exc:
+        if "resume=False" in exc.problem:
+            raise InputError(exc.path, exc.problem.replace("pass resume=False",
+                                                           "pass --no-resume")) from None
+        raise
     _report_done(result, total, before, time.perf_counter() - t0, out)
     return 0
 

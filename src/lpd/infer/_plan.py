@@ -127,7 +127,8 @@ def plan_tiled(
         notes.append("the checkpoint records no training magnification: level 0 used as is")
     if target is not None and slide_mpp is None:
         notes.append(f"the image has no microns per pixel: magnification not matched to "
-                     f"{target} µm/px (pass mpp=)")
+                     f"{target} µm/px (give the slide's: --mpp on the command line, mpp= "
+                     "in Python)")
     d = float(downsamples[chosen])
     resize = 1.0
     if target is not None and slide_mpp is not None:
