@@ -79,8 +79,10 @@ def export_tiff(
             if st.mpp:
                 per_cm = 1e4 / (st.mpp * 2**lv)
                 options.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-            if lv == 0:
-                options.update(subifds=levels - 1, metadata=meta)
+            if lv == 0:  # our JSON as the description, not tifffile's "shaped" metadata
+                # (a "shape" key there makes tifffile read it as its own series and warn)
+                options.update(subifds=levels - 1, description=json.dumps(meta),
+                               metadata=None)
             else:
                 options.update(subfiletype=1, metadata=None)
             tif.write(_tiff_tiles(arr), **options)
