@@ -213,6 +213,8 @@ def test_default_model_is_trained_first_with_its_own_progress(
 
     monkeypatch.setattr(_segment_job, "train_default_model", fake_training)
     monkeypatch.setattr(_workers, "progress", recording_progress)
+    # every value updates the bar: a throttled update could skip the short tile stage
+    monkeypatch.setattr(_workers, "UPDATE_INTERVAL_S", 0.0)
     viewer, widget = make_widget(make_napari_viewer, checkpoint)
     widget.set_checkpoint(None)
     assert "not trained yet" in widget.model_note.text()
