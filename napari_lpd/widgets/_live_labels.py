@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import napari.viewer
 import numpy as np
 from napari.layers import Labels
 
@@ -32,7 +33,7 @@ from napari_lpd.widgets._segment_job import Preview, SegmentOutcome
 class LiveLabels:
     """The running layer of one Segment widget (one run at a time)."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.layer: Labels | None = None
         self.preview: Preview | None = None

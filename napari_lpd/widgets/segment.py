@@ -193,10 +193,9 @@ class SegmentWidget(QWidget):
     def _show_mpp(self) -> None:
         layer = self._current_image()
         mpp, source, assumed = self.image_mpp()
-        known = layer is not None and layer_mpp(layer) is not None
+        known = source.startswith("from ")  # the image's own value: nothing to enter
         self.mpp_spin.blockSignals(True)
-        self.mpp_spin.setValue(mpp if (mpp is not None and known) or
-                               (layer is not None and layer.name in self._user_mpp) else 0.0)
+        self.mpp_spin.setValue(0.0 if mpp is None or assumed else mpp)
         self.mpp_spin.blockSignals(False)
         self.mpp_spin.setEnabled(layer is not None and not known)
         if mpp is None:

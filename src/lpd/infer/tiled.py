@@ -38,7 +38,6 @@ their blending needs, so a resumed result equals an uninterrupted one)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Generator, Sequence
@@ -48,10 +47,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpd.errors import InputError, LPDError
+from lpd.errors import InputError
 from lpd.infer._blend import ScoreBlender
+from lpd.infer._forward import autocast, forward_maps
 from lpd.infer._plan import TilePlan, plan_tiled, tissue_fractions
 from lpd.infer._reader import WindowReader
+from lpd.infer._roi import inside, roi_polygon, tiles_touching
 from lpd.infer._sink import (
     drop_resume_state,
     load_resume_state,
@@ -165,7 +166,7 @@ def predict_tiled(
     wy, wx = len(gy.starts), len(gx.starts)
     p_count = cfg.num_classes * model.k
     p_stride = plan.strides[-1]
-    polygon = _roi_polygon(roi, plan)
+    polygon = roi_polygon(roi, plan)
     settings = {"tissue_threshold": tissue_threshold, "protocol": protocol,
                 "presence": None if presence is None else [bool(v) for v in presence]}
     if polygon is not None:
@@ -177,7 +178,8 @@ def predict_tiled(
                   if keep_scores else None)
     t0 = time.perf_counter()
     # tiles: todo (not in a finished chunk), background (known now, or found by the reader)
-    todo = sink.needed_tiles((ty, tx)).copy()
+    needed = sink.needed_tiles((ty, tx))  # tiles not in a finished chunk
+    todo = needed.copy()
     fractions, saturation = None, DEFAULT_SATURATION
     if tissue_threshold is not None:
         fractions, saturation = tissue_fractions(plan, (gy, gx))
@@ -187,7 +189,7 @@ def predict_tiled(
     wanted = np.ones((ty, tx), bool)  # tiles inside the roi (all without one)
     outside = None
     if polygon is not None:  # tiles outside the polygon: label 0 at once, never finalised
-        wanted = _tiles_touching(polygon, gy, gx)  # (their windows still feed the
+        wanted = tiles_touching(polygon, gy, gx)  # (their windows still feed the
         outside = ~wanted & todo  # blending of the tiles inside: same labels as without)
         todo &= ~outside
     lazy = tissue_threshold is not None and fractions is None
@@ -206,7 +208,7 @@ def predict_tiled(
     candidates = np.flatnonzero((_dilate(finalise_w, nb_y, nb_x) & ~all_bg).ravel())
     # windows all of whose tiles a finished chunk holds: computed before, for sure
     settled = np.ones((wy, wx), bool)
-    ii, jj = np.nonzero(sink.needed_tiles((ty, tx)))
+    ii, jj = np.nonzero(needed)
     settled[twy[ii], twx[jj]] = False
     prior = sink.passes if on_disk else 0  # the store's earlier runs'
     recomputed = [0]
@@ -263,7 +265,7 @@ def predict_tiled(
                     (y0, y1), (x0, x1) = gy.tile_span(i), gx.tile_span(j)
                     labels = win.labels[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
                     if polygon is not None:
-                        labels = _inside(polygon, (y0, y1), (x0, x1)) * labels
+                        labels = inside(polygon, (y0, y1), (x0, x1)) * labels
                     put(i, j, labels, tile_cells(protos, gy, gx, i, j, win, p_stride))
                     painted.append((y0, x0, labels))
                     if scores_out is not None and win.scores is not None:
@@ -328,8 +330,8 @@ def predict_tiled(
             if items:
                 x = torch.from_numpy(np.stack([it.pixels for it in items])).to(dev)
                 x = (x.permute(0, 3, 1, 2).float() - shift) / div
-                with torch.inference_mode(), _autocast(dev, amp):
-                    cams, protos = _forward(model, x, prototypes, sub)
+                with torch.inference_mode(), autocast(dev, amp):
+                    cams, protos = forward_maps(model, x, prototypes, sub)
                 with torch.inference_mode():
                     for b, it in enumerate(items):
                         r, c = divmod(it.index, wx)
@@ -370,39 +372,6 @@ def predict_tiled(
     )
 
 
-def _roi_polygon(roi, plan: TilePlan) -> np.ndarray | None:
-    """The ROI's vertices in output px, (N, 2) as (row, col); None without an ROI."""
-    if roi is None:
-        return None
-    pts = np.asarray(roi, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
-        raise InputError(None, "roi must be a polygon: three or more (x, y) vertices")
-    ox, oy = plan.offset
-    return np.stack([(pts[:, 1] - oy) / plan.scale, (pts[:, 0] - ox) / plan.scale], axis=1)
-
-
-def _inside(polygon: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """uint8 mask of the output pixels [rows) x [cols) whose centres lie in the polygon."""
-    from skimage.draw import polygon2mask
-
-    shape = (rows[1] - rows[0], cols[1] - cols[0])
-    shifted = polygon - np.array([rows[0] + 0.5, cols[0] + 0.5])
-    return polygon2mask(shape, shifted).astype(np.uint8)
-
-
-def _tiles_touching(polygon: np.ndarray, gy, gx) -> np.ndarray:
-    """(ty, tx): tiles that overlap the polygon (shapely)."""
-    from shapely import box, intersects, polygons
-
-    poly = polygons(polygon[:, ::-1])  # (x, y)
-    out = np.zeros((gy.count, gx.count), bool)
-    for i in range(gy.count):
-        y0, y1 = gy.tile_span(i)
-        boxes = [box(x0, y0, x1, y1) for x0, x1 in map(gx.tile_span, range(gx.count))]
-        out[i] = intersects(poly, boxes)
-    return out
-
-
 def _dilate(mask: np.ndarray, nb_y: list[range], nb_x: list[range]) -> np.ndarray:
     """Windows overlapping any True window of ``mask`` (overlap is symmetric, so this is a
     dilation by each window's neighbour range), via a summed-area table."""
@@ -425,51 +394,3 @@ def _segments(candidates: np.ndarray, tx: int, size: int):
         run.append(index)
     if run:
         yield run
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """CUDA (``torch.OutOfMemoryError``) or MPS (a RuntimeError naming it) out of memory."""
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    if isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _forward(model: LPDModel, x: torch.Tensor, prototypes: bool, sub: list[int]
-             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """The fused-scale class maps (and deepest prototype maps) of ``x``, in forward calls
-    of at most ``sub[0]`` images. On the first out-of-memory error the size is halved for
-    the rest of the run (``sub`` = [size, halved]); a second one is an error for the user."""
-    while True:
-        try:
-            cams: list[list[torch.Tensor]] = [[] for _ in FUSED_SCALES]
-            protos: list[torch.Tensor] = []
-            for part in torch.split(x, sub[0]):
-                out = model(part)
-                for acc, s in zip(cams, FUSED_SCALES, strict=True):
-                    acc.append(out.cams[s].float())
-                if prototypes:
-                    protos.append(out.proto_maps[-1].float())
-                del out
-            return ([torch.cat(a) for a in cams], torch.cat(protos) if prototypes else None)
-        except RuntimeError as exc:
-            if not _is_oom(exc):
-                raise
-            del exc
-            if x.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if sub[0] > 1 and not sub[1]:
-                sub[0], sub[1] = sub[0] // 2, 1  # halved once: a further error is final
-                continue
-            raise LPDError(
-                f"the {x.device.type} device ran out of memory even with {sub[0]} image(s) "
-                "per forward pass (batch size already halved once); use a smaller batch "
-                "size, a smaller input size, or device='cpu'"
-            ) from None
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()

@@ -1,0 +1,60 @@
+"""The model's forward pass for tiled inference: fused-scale class maps (and prototype
+maps) in calls that halve once on out-of-memory, with autocast on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lpd.errors import LPDError
+from lpd.infer.patch import FUSED_SCALES
+from lpd.model.lpd_model import LPDModel
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA (``torch.OutOfMemoryError``) or MPS (a RuntimeError naming it) out of memory."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def forward_maps(model: LPDModel, x: torch.Tensor, prototypes: bool, sub: list[int]
+             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The fused-scale class maps (and deepest prototype maps) of ``x``, in forward calls
+    of at most ``sub[0]`` images. On the first out-of-memory error the size is halved for
+    the rest of the run (``sub`` = [size, halved]); a second one is an error for the user."""
+    while True:
+        try:
+            cams: list[list[torch.Tensor]] = [[] for _ in FUSED_SCALES]
+            protos: list[torch.Tensor] = []
+            for part in torch.split(x, sub[0]):
+                out = model(part)
+                for acc, s in zip(cams, FUSED_SCALES, strict=True):
+                    acc.append(out.cams[s].float())
+                if prototypes:
+                    protos.append(out.proto_maps[-1].float())
+                del out
+            return ([torch.cat(a) for a in cams], torch.cat(protos) if prototypes else None)
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            del exc
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if sub[0] > 1 and not sub[1]:
+                sub[0], sub[1] = sub[0] // 2, 1  # halved once: a further error is final
+                continue
+            raise LPDError(
+                f"the {x.device.type} device ran out of memory even with {sub[0]} image(s) "
+                "per forward pass (batch size already halved once); use a smaller batch "
+                "size, a smaller input size, or device='cpu'"
+            ) from None
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
