@@ -20,6 +20,10 @@ PROTOCOLS = ("predicted", "oracle")
 #: The Fine-tune widget's defaults (steps, batch, learning rate), set from ``lpd bench
 #: adapt``: about the steps it makes in two minutes at two threads on a 2-core CPU.
 FINETUNE_STEPS, FINETUNE_BATCH, FINETUNE_LR = 100, 8, 5e-5
+#: What the Fine-tune widget trains: "all" parameters, or the "head" (prototypes, their
+#: projections, temperatures) with the backbone's weights fixed (``lpd bench adapt``).
+FINETUNE_TRAINABLE = "all"
+TRAINABLE = ("all", "head")
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +36,7 @@ class ModelConfig:
 
     backbone: str = DEFAULT_BACKBONE
     # "prototype" (LPD), "cam" (global-pooling classifier baseline) or "bank" (fixed
-    # per-scale k-means prototypes, the PBIP-style ablation: lpd.bench.prototype_bank)
+    # per-scale k-means prototypes, the PBIP-style ablation: lpd.model.prototype_bank)
     head: str = "prototype"
     class_names: tuple[str, ...] = CLASS_NAMES
     class_colours: tuple[tuple[int, int, int], ...] = tuple(CLASS_COLOURS[c] for c in CLASS_NAMES)
@@ -55,7 +59,11 @@ class ModelConfig:
     # benchmark (H100, 600 steps, 2 seeds) it raised predicted-protocol mIoU on held-apart
     # kather2016 mosaics 0.895 -> 0.926 and on nct 0.279 -> 0.304 (CAM: 0.835 -> 0.877).
     presence_threshold: float = 0.3
-    stain_normalisation: str | None = None  # None or "macenko"
+    # None, "macenko" (standard H&E reference) or "reinhard" (to stain_reference: LAB
+    # means then standard deviations of the training tiles), on every patch, train and test
+    stain_normalisation: str | None = None
+    stain_reference: tuple[float, ...] | None = None
+    test_time_flips: bool = False  # average over 4 flips at inference (4x compute)
 
     @property
     def num_classes(self) -> int:
@@ -96,6 +104,13 @@ class TrainConfig:
     stain_augment: bool = True
     hed_sigma: float = 0.05
     hed_bias: float = 0.01
+    # RandStainNA (LAB-statistics) augmentation: spread multiplier of the template draw,
+    # 0 = off; template fitted to the training tiles (lpd.data.augment_policy)
+    lab_jitter: float = 0.0
+    quality_jitter: float = 0.0  # probability of blur / JPEG (grayscale half of it); 0 = off
+    scale_jitter: float = 0.0  # zoom up to (1 + this) either way around the mpp; 0 = off
+    freeze_backbone: bool = False  # train the head only
+    prototype_init: str = "random"  # "random" or "kmeans" (of backbone features of tiles)
     seed: int = 0
     amp: bool = True  # mixed precision, used on CUDA only
     val_every: int = 0  # steps; 0 = only at the end

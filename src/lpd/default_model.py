@@ -240,7 +240,21 @@ def train_on_tiles(run: RunConfig, tiles: TileFolder, tile_mpps: dict[Path, floa
     from lpd.train import Trainer, seed_everything
 
     seed_everything(run.train.seed)
-    model = create_model(config=ModelConfig.from_dict(run.model.to_dict()), pretrained=True)
+    config = ModelConfig.from_dict(run.model.to_dict())
+    if config.stain_normalisation == "reinhard" and config.stain_reference is None:
+        from lpd.data.sources import reinhard_reference
+
+        config.stain_reference = reinhard_reference(
+            sorted(p for ps in tiles.paths.values() for p in ps))
+    model = create_model(config=config, pretrained=True)
+    if run.model.head == "bank":  # PBIP-style: k-means centroids, fixed
+        from lpd.model.prototype_bank import install_bank
+
+        install_bank(model, tiles, seed=run.train.seed)
+    elif run.train.prototype_init == "kmeans":
+        from lpd.model.prototype_bank import init_prototypes_kmeans
+
+        init_prototypes_kmeans(model, tiles, seed=run.train.seed)
     data = pooled_mosaic_dataset(tiles, tile_mpps, model.config,
                                  run.train.steps * run.train.batch_size,
                                  TRAIN_MOSAIC_SEED + run.train.seed, True, run.train)

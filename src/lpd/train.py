@@ -105,6 +105,8 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        if self.config.freeze_backbone:  # weights fixed; BatchNorm statistics still adapt
+            self.model.backbone.requires_grad_(False)
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         c = self.config
@@ -112,6 +114,7 @@ class Trainer:
             {"params": backbone, "lr": c.lr, "base_lr": c.lr},
             {"params": head, "lr": c.lr * c.head_lr_scale, "base_lr": c.lr * c.head_lr_scale},
         ]
+        groups = [g for g in groups if g["params"]]
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def _make_contrastive(self) -> ContrastiveLoss | None:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from lpd.bench import variants
 from lpd.bench.accuracy import AccuracyBenchmark, AccuracySettings
-from lpd.bench.prototype_bank import build_bank, install_bank, spherical_kmeans
 from lpd.cli.main import main
 from lpd.data.mosaic import TileFolder
 from lpd.data.sample import KATHER2016_TILES, NCT_TILES
@@ -23,6 +22,7 @@ from lpd.errors import InputError
 from lpd.io.checkpoint import load_checkpoint, save_checkpoint
 from lpd.model import create_model
 from lpd.model.head import BankHead
+from lpd.model.prototype_bank import build_bank, install_bank, spherical_kmeans
 
 TINY = ["--backbone", "resnet18", "--no-pretrained", "--steps", "2", "--batch-size", "2",
         "--input-size", "64", "--k", "2", "--eval-mosaics", "2", "--threads", "1"]

@@ -24,7 +24,6 @@ from torch.utils.data import Dataset
 import lpd
 from lpd._processes import ChildWatch
 from lpd.bench import variants
-from lpd.bench.prototype_bank import build_bank, install_bank
 from lpd.bench.sweep import sweep_inference
 from lpd.config import DEFAULT_BACKBONE, ModelConfig, TrainConfig
 from lpd.data.datasets import collate
@@ -35,6 +34,7 @@ from lpd.evaluate import evaluate
 from lpd.io.checkpoint import save_checkpoint
 from lpd.model import create_model
 from lpd.model.lpd_model import LPDModel
+from lpd.model.prototype_bank import build_bank, install_bank
 from lpd.train import Trainer, seed_everything
 
 EVAL_SETS = ("held_apart", "test")

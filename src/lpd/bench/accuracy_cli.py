@@ -72,6 +72,9 @@ def register(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--releases",
                    help="with --leave-one-release-out: the releases to hold out "
                    "(comma-separated; default: all)")
+    p.add_argument("--eval-seed", type=int,
+                   help="with --leave-one-release-out: seed of the held-out mosaics (default "
+                   "the held-apart seed, A; a confirmation run reports on another, B)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     p.add_argument("--out-dir", type=Path, help="keep each run's checkpoint and history here")
@@ -126,13 +129,18 @@ def run_loro_cli(args: argparse.Namespace) -> int:
     import torch
 
     from lpd._atomic import atomic_write_text
-    from lpd.bench.levers import LEVERS
+    from lpd.bench.levers import LEVERS, parts
     from lpd.bench.loro import LoroSettings, format_loro, format_sweep, run_loro
     from lpd.errors import InputError
     from lpd.infer.device import resolve_device
 
     levers = [v.strip() for v in args.levers.split(",") if v.strip()]
-    unknown = [v for v in levers if v not in LEVERS]
+    unknown = []
+    for v in levers:
+        try:
+            parts(v)
+        except KeyError:
+            unknown.append(v)
     if unknown:
         raise InputError(None, f"unknown lever(s) {', '.join(unknown)}; known: "
                          f"{', '.join(LEVERS)}")
@@ -145,7 +153,9 @@ def run_loro_cli(args: argparse.Namespace) -> int:
         settings = LoroSettings(seeds=args.seeds or 2, steps=args.steps,
                                 eval_mosaics=args.eval_mosaics or 64, short=args.short,
                                 device=device, releases=releases, lever=lever,
-                                input_size=args.input_size)
+                                input_size=args.input_size,
+                                **({} if args.eval_seed is None
+                                   else {"eval_seed": args.eval_seed}))
         print(f"lpd bench accuracy --leave-one-release-out, lever {lever}: {settings.seeds} "
               f"seed(s) per held-out release, {torch.get_num_threads()} torch thread(s)",
               flush=True)

@@ -35,7 +35,7 @@ from lpd.config import PROTOCOLS, RunConfig
 from lpd.data.datasets import MosaicDataset
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.data.sample import SAMPLE_ROOT
-from lpd.data.sources import HELD_APART_SEED
+from lpd.data.sources import HELD_APART_SEED, normalizer_for, reinhard_reference
 from lpd.default_model import Recipe, load_recipe, train_on_tiles
 from lpd.infer.patch import predict_patches
 from lpd.metrics import ConfusionMatrix, one_class_guess
@@ -55,6 +55,9 @@ class LoroSettings:
     releases: tuple[str, ...] | None = None  # default: every release of the recipe
     lever: str = "recipe"  # a change to the recipe (``lpd.bench.levers``)
     input_size: int | None = None  # screening at a smaller input (None: the recipe's)
+    # mosaics of the held-out release: a screen chooses on one seed (A), a confirmation
+    # reports on another (B), so the choice is not scored on the mosaics it was made on
+    eval_seed: int = HELD_APART_SEED
 
     def run(self, recipe: Recipe) -> RunConfig:
         from lpd.bench.levers import apply
@@ -80,14 +83,17 @@ class LoroEvent:
     total: int = 0
 
 
-def release_tiles(recipe: Recipe, keep: set[str], root: Path = SAMPLE_ROOT
+def release_tiles(recipe: Recipe, keep: set[str], root: Path = SAMPLE_ROOT,
+                  relabel: dict[str, str] | None = None
                   ) -> tuple[TileFolder, dict[Path, float]]:
-    """All tiles of the releases in ``keep`` (held-apart tiles included), pooled."""
+    """All tiles of the releases in ``keep`` (held-apart tiles included), pooled.
+    ``relabel`` moves a class's tiles to another (``{"NEC": "OTHER"}``: NEC untagged)."""
     train, held, mpps = recipe.tiles(root)
-    paths: dict[str, list[Path]] = {}
+    relabel = relabel or {}
+    paths: dict[str, list[Path]] = {name: [] for name in train.paths}
     for folder in (train, held):
         for name, ps in folder.paths.items():
-            paths.setdefault(name, []).extend(
+            paths.setdefault(relabel.get(name, name), []).extend(
                 p for p in ps if p.relative_to(folder.root).parts[0] in keep)
     folder = TileFolder(train.root, train.class_names,
                         {k: tuple(sorted(v)) for k, v in paths.items()})
@@ -95,15 +101,18 @@ def release_tiles(recipe: Recipe, keep: set[str], root: Path = SAMPLE_ROOT
 
 
 def _test_batches(recipe: Recipe, run: RunConfig, release: str, count: int,
-                  model_config) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                  model_config, seed: int = HELD_APART_SEED,
+                  relabel: dict[str, str] | None = None
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Mosaics of the held-out release; OTHER tissue labelled C + 1 (ignored by the
     metrics, counted for the OTHER-painted share)."""
-    tiles, mpps = release_tiles(recipe, {release})
+    tiles, mpps = release_tiles(recipe, {release}, relabel=relabel)
     mpp = run.model.microns_per_pixel
-    generator = MosaicGenerator(tiles, size=run.model.input_size, seed=HELD_APART_SEED,
+    generator = MosaicGenerator(tiles, size=run.model.input_size, seed=seed,
                                 tile_mpp=mpp, target_mpp=mpp, tile_mpps=mpps,
                                 other_label=len(tiles.class_names) + 1)
-    ds = MosaicDataset(generator, count, mean=model_config.mean, std=model_config.std)
+    ds = MosaicDataset(generator, count, mean=model_config.mean, std=model_config.std,
+                       normalizer=normalizer_for(model_config))
     items = [ds[i] for i in range(len(ds))]
     return [tuple(torch.stack([it[j] for it in items[i : i + 8]]) for j in range(3))
             for i in range(0, len(items), 8)]
@@ -141,17 +150,25 @@ def run_loro(settings: LoroSettings) -> Iterator[LoroEvent]:
                               "model": run.model.to_dict(), "train": run.train.to_dict(),
                               "releases": {}}
     config = create_model(config=run.model, pretrained=False).config  # normalisation
+    from lpd.bench.levers import relabelling
+
+    relabel = relabelling(settings.lever)
     for release in releases:
         others = set(recipe.raw["releases"]) - {release}
-        train_tiles, train_mpps = release_tiles(recipe, others)
-        batches = _test_batches(recipe, run, release, settings.eval_mosaics, config)
+        train_tiles, train_mpps = release_tiles(recipe, others, relabel=relabel)
+        test_config = config
+        if config.stain_normalisation == "reinhard":  # the reference training will fit
+            test_config = dataclasses.replace(config, stain_reference=reinhard_reference(
+                sorted(p for ps in train_tiles.paths.values() for p in ps)))
+        batches = _test_batches(recipe, run, release, settings.eval_mosaics, test_config,
+                                settings.eval_seed, relabel)
         masks = [m.numpy() for _, _, m in batches]
         present = sorted({int(v) for m in masks for v in np.unique(m)
                           if 0 < v <= config.num_classes})
         single = present[0] - 1 if len(present) == 1 else None
         entry: dict[str, Any] = {"train_releases": sorted(others), "present": present,
-                                 "tiles": {k: len(v) for k, v in
-                                           release_tiles(recipe, {release})[0].paths.items()},
+                                 "tiles": {k: len(v) for k, v in release_tiles(
+                                     recipe, {release}, relabel=relabel)[0].paths.items()},
                                  "baselines": _baselines(masks, config.num_classes, single)}
         runs = []
         for seed in range(settings.seeds):
@@ -189,6 +206,8 @@ def _score_model(model, batches, single: int | None, device: str) -> dict[str, A
             painted += int((labels[other] > 0).sum())
             total += int(other.sum())
         out[protocol] = _scores(matrix, single, (painted, total))
+        # rows: true background, TUM..; columns: predicted (what the figures rest on)
+        out[protocol]["confusion"] = matrix.matrix.tolist()
     return out
 
 

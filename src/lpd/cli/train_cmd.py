@@ -113,6 +113,18 @@ def run(args: argparse.Namespace) -> int:
                                args.val_mosaics, tile_mpp=args.tile_mpp)
     if model.config.microns_per_pixel is None and sources.microns_per_pixel is not None:
         model.config.microns_per_pixel = sources.microns_per_pixel
+    if cfg.train.prototype_init == "kmeans" and not args.resume:
+        if sources.kind != "mosaics":
+            raise InputError(args.data, "prototype_init 'kmeans' needs a tile folder (one "
+                             "sub-folder per class), not BCSS-WSSS")
+        from lpd.data.mosaic import TileFolder
+        from lpd.model.prototype_bank import init_prototypes_kmeans
+
+        init_prototypes_kmeans(model, TileFolder(args.data, model.config.class_names),
+                               seed=cfg.train.seed)
+    elif cfg.train.prototype_init != "random":
+        raise InputError(None, f"unknown prototype_init {cfg.train.prototype_init!r} "
+                         "(expected 'random' or 'kmeans')")
     trainer = Trainer(model, cfg.train, sources.train, sources.val, args.out, device,
                       resume=args.resume)
     main_rank = is_main_process()  # under torchrun only rank 0 writes and reports

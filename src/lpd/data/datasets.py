@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lpd.config import IMAGENET_MEAN, IMAGENET_STD
-from lpd.data import augment as _augment
 from lpd.data.augment import MacenkoNormalizer
+from lpd.data.augment_policy import AugmentSpec
 from lpd.data.bcss import EvalItem, TrainItem, read_eval_pair
 from lpd.data.images import read_rgb
 from lpd.data.mosaic import MosaicGenerator
@@ -70,7 +70,8 @@ def collate(batch: Sequence[Item]) -> Item:
 class _Base(Dataset):
     def __init__(self, augment: bool, mean: Sequence[float], std: Sequence[float],
                  hed_sigma: float, hed_bias: float, seed: int,
-                 normalizer: MacenkoNormalizer | None) -> None:
+                 normalizer: MacenkoNormalizer | None,
+                 policy: AugmentSpec | None = None) -> None:
         self.augment = bool(augment)
         self.mean: Triple = tuple(float(v) for v in mean)  # type: ignore[assignment]
         self.std: Triple = tuple(float(v) for v in std)  # type: ignore[assignment]
@@ -78,6 +79,8 @@ class _Base(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.normalizer = normalizer
+        # the whole policy when given; else flips + HED jitter of hed_sigma / hed_bias
+        self.policy = policy or AugmentSpec(True, self.hed_sigma, self.hed_bias)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -88,8 +91,7 @@ class _Base(Dataset):
             rgb = self.normalizer.transform(rgb)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            rgb, labels = _augment.augment(rgb, labels, rng, True, self.hed_sigma,
-                                           self.hed_bias)
+            rgb, labels = self.policy.apply(rgb, labels, rng)
         return (to_tensor(rgb, self.mean, self.std),
                 None if labels is None else mask_to_tensor(labels))
 
@@ -101,8 +103,9 @@ class MosaicDataset(_Base):
     def __init__(self, generator: MosaicGenerator, length: int, augment: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  hed_sigma: float = 0.05, hed_bias: float = 0.05, seed: int = 0,
-                 normalizer: MacenkoNormalizer | None = None) -> None:
-        super().__init__(augment, mean, std, hed_sigma, hed_bias, seed, normalizer)
+                 normalizer: MacenkoNormalizer | None = None,
+                 policy: AugmentSpec | None = None) -> None:
+        super().__init__(augment, mean, std, hed_sigma, hed_bias, seed, normalizer, policy)
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         self.generator = generator
@@ -126,8 +129,8 @@ class BCSSTrainDataset(_Base):
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  hed_sigma: float = 0.05, hed_bias: float = 0.05, seed: int = 0,
                  normalizer: MacenkoNormalizer | None = None,
-                 size: int | None = None) -> None:
-        super().__init__(augment, mean, std, hed_sigma, hed_bias, seed, normalizer)
+                 size: int | None = None, policy: AugmentSpec | None = None) -> None:
+        super().__init__(augment, mean, std, hed_sigma, hed_bias, seed, normalizer, policy)
         self.items = list(items)
         self.size = size  # when given, images of another size are refused (clear error)
 

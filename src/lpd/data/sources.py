@@ -3,6 +3,7 @@ folder (mosaics). One place that turns paths + settings into torch datasets."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +11,16 @@ from torch.utils.data import Dataset
 
 from lpd.config import ModelConfig, TrainConfig
 from lpd.data.augment import MacenkoNormalizer
+from lpd.data.augment_policy import (
+    AugmentSpec,
+    LabTemplate,
+    ReinhardNormalizer,
+    fit_lab_template,
+)
 from lpd.data.bcss import MPP as BCSS_MPP
 from lpd.data.bcss import find_bcss
 from lpd.data.datasets import BCSSEvalDataset, BCSSTrainDataset, MosaicDataset
+from lpd.data.images import read_rgb
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.errors import InputError
 
@@ -33,11 +41,47 @@ def is_bcss_folder(path: Path) -> bool:
     return (path / "train").is_dir() or (path / "training").is_dir()
 
 
-def normalizer_for(model: ModelConfig) -> MacenkoNormalizer | None:
+# RandStainNA's template is fitted to at most this many training images (read once)
+LAB_TEMPLATE_IMAGES = 256
+
+
+def augment_policy(train: TrainConfig | None, augment: bool,
+                   images: Sequence[Path] = ()) -> AugmentSpec | None:
+    """The training augmentation ``train`` asks for (None when ``augment`` is False),
+    with RandStainNA's LAB template fitted to ``images`` (evenly spaced, at most
+    ``LAB_TEMPLATE_IMAGES``) when ``train.lab_jitter`` is on."""
+    train = train or TrainConfig()
+    if not augment:
+        return None
+    template: LabTemplate | None = None
+    if train.stain_augment and train.lab_jitter > 0 and images:
+        step = max(1, len(images) // LAB_TEMPLATE_IMAGES)
+        template = fit_lab_template(read_rgb(p, min_size=8) for p in list(images)[::step])
+    return AugmentSpec.from_train(train, True, template)
+
+
+def _tile_paths(folder: TileFolder) -> list[Path]:
+    return sorted(p for ps in folder.paths.values() for p in ps)
+
+
+def reinhard_reference(paths: Sequence[Path]) -> tuple[float, ...]:
+    """The Reinhard reference of a set of training images: their mean LAB channel means
+    and standard deviations (6 floats; evenly spaced, at most ``LAB_TEMPLATE_IMAGES``)."""
+    step = max(1, len(paths) // LAB_TEMPLATE_IMAGES)
+    t = fit_lab_template(read_rgb(p, min_size=8) for p in list(paths)[::step])
+    return (*t.mean_mu, *t.std_mu)
+
+
+def normalizer_for(model: ModelConfig) -> MacenkoNormalizer | ReinhardNormalizer | None:
     if model.stain_normalisation in (None, "", "none"):
         return None
     if model.stain_normalisation == "macenko":
         return MacenkoNormalizer()
+    if model.stain_normalisation == "reinhard":
+        if model.stain_reference is None:
+            raise InputError(None, "Reinhard stain normalisation needs the model's "
+                             "stain_reference (fitted to its training tiles)")
+        return ReinhardNormalizer(model.stain_reference)
     raise InputError(None, f"unknown stain normalisation {model.stain_normalisation!r}")
 
 
@@ -61,17 +105,15 @@ def mosaic_dataset(
         tile_mpp=tile_mpp if resample else None,
         target_mpp=model.microns_per_pixel if resample else None,
     )
-    train = train or TrainConfig()
     return MosaicDataset(
         generator,
         count,
         augment=augment,
         mean=model.mean,
         std=model.std,
-        hed_sigma=train.hed_sigma if train.stain_augment else 0.0,
-        hed_bias=train.hed_bias if train.stain_augment else 0.0,
         seed=seed,
         normalizer=normalizer_for(model),
+        policy=augment_policy(train, augment, _tile_paths(folder)),
     )
 
 
@@ -105,12 +147,9 @@ def pooled_mosaic_dataset(
     generator = MosaicGenerator(tiles, size=model.input_size, seed=seed,
                                 tile_mpp=model.microns_per_pixel,
                                 target_mpp=model.microns_per_pixel, tile_mpps=tile_mpps)
-    train = train or TrainConfig()
-    jitter = augment and train.stain_augment
     return MosaicDataset(generator, count, augment=augment, mean=model.mean, std=model.std,
-                         hed_sigma=train.hed_sigma if jitter else 0.0,
-                         hed_bias=train.hed_bias if jitter else 0.0, seed=seed,
-                         normalizer=normalizer_for(model))
+                         seed=seed, normalizer=normalizer_for(model),
+                         policy=augment_policy(train, augment, _tile_paths(tiles)))
 
 
 def training_sources(
@@ -132,9 +171,8 @@ def training_sources(
         train_ds = BCSSTrainDataset(
             layout.train,
             augment=True,
-            hed_sigma=train.hed_sigma if train.stain_augment else 0.0,
-            hed_bias=train.hed_bias if train.stain_augment else 0.0,
             seed=train.seed,
+            policy=augment_policy(train, True, [path for path, _ in layout.train]),
             **common,
         )
         val_ds = BCSSEvalDataset(layout.val, **common) if layout.val else None

@@ -309,6 +309,9 @@ def predict_tiled(
         plan.source(), _segments(candidates, wx, batch_size), window_box, tile_boxes,
         lambda index: lazy, batch_size, tissue_threshold or 0.0, saturation,
     )
+    from lpd.data.sources import normalizer_for
+
+    normalizer = normalizer_for(model.config)  # the stain normalisation it trained with
     mean, std = model.normalisation()
     shift = torch.tensor(mean, device=dev).view(1, 3, 1, 1) * 255.0
     div = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
@@ -328,7 +331,9 @@ def predict_tiled(
                     for (i, j), bg in zip(tiles, it.tiles_background, strict=True):
                         background[i, j] = bg
             if items:
-                x = torch.from_numpy(np.stack([it.pixels for it in items])).to(dev)
+                pixels = [it.pixels if normalizer is None else normalizer.transform(it.pixels)
+                          for it in items]
+                x = torch.from_numpy(np.stack(pixels)).to(dev)
                 x = (x.permute(0, 3, 1, 2).float() - shift) / div
                 with torch.inference_mode(), autocast(dev, amp):
                     cams, protos = forward_maps(model, x, prototypes, sub)

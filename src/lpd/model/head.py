@@ -4,7 +4,7 @@
 a small MLP per scale projecting P to that scale's width, a learnable temperature per scale
 and cosine logit maps ``A_s = tau_s * cos(F_s, proj_s(P))``.
 ``BankHead`` is the PBIP-style fixed bank: per-scale prototypes set once (k-means
-centroids, ``lpd.bench.prototype_bank``) and never trained; only the temperatures learn.
+centroids, ``lpd.model.prototype_bank``) and never trained; only the temperatures learn.
 ``CAMHead`` is the plain CAM baseline: a 1x1 classifier per scale (k = 1)."""
 
 from __future__ import annotations

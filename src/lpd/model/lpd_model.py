@@ -63,6 +63,31 @@ class LPDModel(nn.Module):
         return self.head.k
 
     def forward(self, images: torch.Tensor) -> LPDOutput:
+        """Every output of the model for a batch (B, 3, H, W), normalised.
+
+        In eval mode with ``config.test_time_flips`` the batch also goes through the model
+        flipped left-right, up-down and both; the four outputs are flipped back and
+        averaged (test-time augmentation; four times the compute)."""
+        if self.training or not self.config.test_time_flips:
+            return self._forward(images)
+        flips = ((), (3,), (2,), (2, 3))
+        batch = torch.cat([images.flip(d) if d else images for d in flips])
+        out = self._forward(batch)
+        b = images.shape[0]
+
+        def spatial(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.stack([m[i * b:(i + 1) * b].flip(d) if d else m[:b]
+                                 for i, d in enumerate(flips)]).mean(0) for m in maps]
+
+        def pooled(values: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [v.view(len(flips), b, *v.shape[1:]).mean(0) for v in values]
+
+        return LPDOutput(spatial(out.proto_maps),
+                         None if out.cos_maps is None else spatial(out.cos_maps),
+                         pooled(out.proto_scores), pooled(out.class_logits),
+                         spatial(out.cams), spatial(out.features))
+
+    def _forward(self, images: torch.Tensor) -> LPDOutput:
         features = self.backbone(images)
         if isinstance(self.head, (PrototypeHead, BankHead)):
             cos_maps, temperatures = self.head(features)

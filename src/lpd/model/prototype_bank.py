@@ -158,3 +158,59 @@ def install_bank(model: LPDModel, folder: TileFolder, crops_per_class: int = 64,
     banks = build_bank(model, folder, crops_per_class, seed)
     model.head.set_bank(banks)
     return banks
+
+
+def init_prototypes_kmeans(model: LPDModel, folder: TileFolder, crops_per_class: int = 64,
+                           seed: int = 0, steps: int = 300, lr: float = 1e-2) -> float:
+    """Start LPD's learnable prototypes at k-means centroids of the backbone's features.
+
+    The centroids are per scale (``build_bank``); LPD's prototypes live in one latent bank
+    ``P`` projected to every scale by an MLP, so ``P`` and the projections are fitted (Adam,
+    ``steps`` steps) to make ``proj_s(P)`` point at the scale-s centroids (cosine), then
+    training goes on as usual from there.
+
+    Parameters
+    ----------
+    model : LPDModel
+        With ``head="prototype"``; its backbone (usually ImageNet-initialised) embeds crops.
+    folder : TileFolder
+        Single-class tiles of every class.
+    crops_per_class, seed : int
+        Crops per class (at least k) and their seed.
+    steps : int
+        Fitting steps.
+    lr : float
+        Adam learning rate of the fit.
+
+    Returns
+    -------
+    float
+        Mean cosine between ``proj_s(P)`` and the centroids after the fit (1 = exact).
+
+    Raises
+    ------
+    ValueError
+        A model without a ``PrototypeHead``.
+    """
+    from lpd.model.head import PrototypeHead
+
+    head = model.head
+    if not isinstance(head, PrototypeHead):
+        raise ValueError(f"k-means initialisation needs head='prototype', not "
+                         f"{model.config.head!r}")
+    banks = [b.to(head.prototypes.device) for b in build_bank(model, folder, crops_per_class,
+                                                             seed)]
+    params = [head.prototypes, *head.projections.parameters()]
+    with torch.enable_grad():
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            head.prototypes.copy_(torch.randn(head.prototypes.shape, generator=generator))
+        optimiser = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            optimiser.zero_grad()
+            sims = [F.cosine_similarity(p, b, dim=1).mean()
+                    for p, b in zip(head.projected(), banks, strict=True)]
+            loss = -torch.stack(sims).mean()
+            loss.backward()
+            optimiser.step()
+    return float(-loss.detach())
