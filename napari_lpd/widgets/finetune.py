@@ -24,7 +24,13 @@ from napari.utils.notifications import show_info
 from qtpy import QtWidgets as qw
 from qtpy.QtCore import Signal
 
-from lpd.config import FINETUNE_BATCH, FINETUNE_LR, FINETUNE_STEPS, TrainConfig
+from lpd.config import (
+    FINETUNE_BATCH,
+    FINETUNE_LR,
+    FINETUNE_STEPS,
+    FINETUNE_TRAINABLE,
+    TrainConfig,
+)
 from lpd.data.tags import TagStore, sidecar_path
 from lpd.default_model import default_checkpoint_path, is_cached, train_default_model
 from lpd.errors import InputError
@@ -37,6 +43,7 @@ from napari_lpd.widgets._loss_plot import LossPlot
 from napari_lpd.widgets.tags import layer_file, opened_pixels, row_of, tagged_image, view_region
 
 FINETUNED_LABELS = "LPD labels (fine-tuned)"
+TRAINABLE_TEXT = {"all": "all parameters", "head": "prototypes only (backbone fixed)"}
 TUNING = "LPD fine-tuning"  # the stage of the fine-tuning steps (the progress bar's text)
 log = logging.getLogger(__name__)
 MAX_VIEW_PIXELS = 4096 * 4096  # the fallback re-segmentation refuses bigger views
@@ -111,6 +118,13 @@ class FineTuneWidget(qw.QWidget):
         self.device_combo = qw.QComboBox()
         self.device_combo.addItems(available_devices())
         form.addRow("Rate, device", row_of(self.lr_spin, self.device_combo))
+        self.trainable_combo = qw.QComboBox(toolTip=(
+            "all: every weight learns; head only: the prototypes learn, the backbone's "
+            "weights stay as they are"))
+        for key, text in TRAINABLE_TEXT.items():
+            self.trainable_combo.addItem(text, key)
+        self.trainable_combo.setCurrentIndex(list(TRAINABLE_TEXT).index(FINETUNE_TRAINABLE))
+        form.addRow("Train", self.trainable_combo)
         self.resegment_check = qw.QCheckBox("Re-segment the view when done")
         self.resegment_check.setChecked(True)
         self.run_button = qw.QPushButton("Fine-tune", clicked=self.run)
@@ -196,7 +210,8 @@ class FineTuneWidget(qw.QWidget):
         extra = self.extra_edit.text().strip() or None
         out = self.output_edit.text().strip() or None
         options = dict(steps=self.steps_spin.value(), batch_size=self.batch_spin.value(),
-                       lr=self.lr_spin.value(), extra_data_folder=extra, out_path=out,
+                       lr=self.lr_spin.value(), trainable=self.trainable_combo.currentData(),
+                       extra_data_folder=extra, out_path=out,
                        device=self.device_combo.currentText(), train=self.train_config,
                        should_stop=self._stop.is_set)
         self._image_layer = layer

@@ -24,9 +24,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lpd.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, TrainConfig
+from lpd.config import (
+    FINETUNE_TRAINABLE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRAINABLE,
+    ModelConfig,
+    TrainConfig,
+)
 from lpd.data.datasets import _Base
-from lpd.data.sources import normalizer_for, training_sources
+from lpd.data.sources import augment_policy, normalizer_for, training_sources
 from lpd.data.tags import TagPatch, TagStore, tag_patches
 from lpd.errors import InputError
 from lpd.infer.device import resolve_device
@@ -48,11 +55,9 @@ class TagDataset(_Base):
     def __init__(self, stores: TagStore | Sequence[TagStore], images: object,
                  config: ModelConfig, *, train: TrainConfig | None = None,
                  augment: bool = True, seed: int = 0, mpp: float | None = None) -> None:
-        train = train or TrainConfig()
-        jitter = train.stain_augment and augment
         super().__init__(augment, config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD,
-                         train.hed_sigma if jitter else 0.0, train.hed_bias if jitter else 0.0,
-                         seed, normalizer_for(config))
+                         0.0, 0.0, seed, normalizer_for(config),
+                         augment_policy(train, augment))  # no RandStainNA template here
         if isinstance(stores, TagStore):
             stores, images = [stores], [images]
         images = list(images)  # type: ignore[call-overload]
@@ -159,6 +164,7 @@ def fine_tune(
     mpp: float | None = None,
     train: TrainConfig | None = None,
     should_stop: Callable[[], bool] | None = None,
+    trainable: str = FINETUNE_TRAINABLE,
 ) -> Generator[TrainProgress, None, FineTuneResult]:
     """Fine-tune ``checkpoint`` (a path, or a model that is copied, never changed) on the
     tagged regions of ``stores``/``images`` (see ``TagDataset``), optionally half mixed
@@ -166,10 +172,14 @@ def fine_tune(
     (loss weights, augmentation; default: no warm-up, so the diversity term keeps the
     prototypes apart from the first step); ``steps``, ``batch_size`` and ``lr`` override
     it. Saving and cancelling: see the module docstring. ``out_path``: default
-    ``<checkpoint>-finetuned.safetensors`` beside the original."""
+    ``<checkpoint>-finetuned.safetensors`` beside the original. ``trainable``: ``"all"``
+    parameters, or ``"head"`` only (the backbone's weights stay as they are)."""
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise InputError(None, f"steps and batch size must be >= 1 and lr > 0 (got {steps}, "
                          f"{batch_size}, {lr})")
+    if trainable not in TRAINABLE:
+        raise InputError(None, f"trainable must be one of {', '.join(TRAINABLE)}, not "
+                         f"{trainable!r}")
     base_path = None if isinstance(checkpoint, LPDModel) else Path(checkpoint)
     dev = resolve_device(None if device is None else str(device))
     if base_path is not None:
@@ -177,7 +187,8 @@ def fine_tune(
         model = load_checkpoint(base_path, device=dev)
     else:
         base_extra, model = {}, copy.deepcopy(checkpoint).to(dev)
-    config = _config(train, steps, batch_size, lr)
+    config = dataclasses.replace(_config(train, steps, batch_size, lr),
+                                 freeze_backbone=trainable == "head")
     mean, std = model.normalisation()  # the model's own input normalisation, always
     model_config = dataclasses.replace(model.config, mean=mean, std=std)
     data: Dataset = TagDataset(stores, images, model_config, train=config, seed=config.seed,
@@ -202,7 +213,8 @@ def fine_tune(
     extra_meta = {
         "finetuned_from": str(base_path) if base_path else None,
         "base_extra": base_extra, "completed": completed, "steps_done": done,
-        "steps": steps, "batch_size": batch_size, "lr": lr, "patches": patches,
+        "steps": steps, "batch_size": batch_size, "lr": lr, "trainable": trainable,
+        "patches": patches,
         "tag_files": [s.sidecar.name for s in single],
         "extra_data": str(extra_data_folder) if extra_data_folder is not None else None,
     }

@@ -25,22 +25,34 @@ def test_halves_split_by_tile_ceil_n_over_2() -> None:
         assert set(first.paths[name]) | set(second.paths[name]) == set(paths)
 
 
-def test_adapt_reports_gain_and_off_target_change(tmp_path) -> None:
+def _drive(settings: AdaptSettings) -> tuple[list[str], dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gen = run_adapt(AdaptSettings(NCT_TILES, counts=(0, 2), seeds=2, steps=1,
-                                      eval_mosaics=2, base_steps=1))
+        gen = run_adapt(settings)
         phases = []
         while True:
             try:
                 phases.append(next(gen).phase)
             except StopIteration as stop:
-                report = stop.value
-                break
+                return phases, stop.value
     finally:
         torch.set_num_threads(threads)
+
+
+def test_adapt_reports_gain_and_off_target_change(tmp_path) -> None:
+    base = tmp_path / "base.safetensors"
+    phases, report = _drive(AdaptSettings(NCT_TILES, counts=(0, 2), seeds=2, steps=1,
+                                          eval_mosaics=2, base_steps=1, base_checkpoint=base))
     assert {"base", "finetune", "evaluate"} <= set(phases)
+    assert base.is_file()  # kept for the next settings
+    # a second run with other fine-tuning settings starts from the kept base: no training
+    phases2, report2 = _drive(AdaptSettings(NCT_TILES, counts=(0,), seeds=1, steps=1,
+                                            eval_mosaics=2, base_checkpoint=base,
+                                            trainable="head"))
+    assert "base" not in phases2 and report2["base"] == report["base"]
+    assert report2["runs"]["0"][0]["oracle"] == report["runs"]["0"][0]["oracle"]
+    assert "trains head" in format_adapt(report2)
     assert report["base"] == "recipe trained on kather2016, tcga-tumour"  # nct never seen
     assert len(report["runs"]["0"]) == 1 and len(report["runs"]["2"]) == 2
     for run in report["runs"]["2"]:

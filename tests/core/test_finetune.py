@@ -180,3 +180,17 @@ def test_extra_bcss_folder_is_mixed_in(tagged, tiny, tmp_path: Path) -> None:
     write_bcss_sample(tmp_path / "big", n_train=1, n_val=0, n_test=0, size=96)
     with pytest.raises(InputError, match="96x96 px"):
         next(fine_tune(tiny, store, rgb, steps=1, train=FAST, extra_data_folder=tmp_path / "big"))
+
+
+def test_fine_tune_head_only_keeps_the_backbone(tagged, tiny, tmp_path: Path) -> None:
+    store, rgb = tagged
+    out = tmp_path / "head.safetensors"
+    result = run_fine_tune(fine_tune(tiny, store, rgb, steps=2, batch_size=3, lr=1e-3,
+                                     train=FAST, out_path=out, trainable="head"))
+    old, new = load_checkpoint(tiny).state_dict(), load_checkpoint(result.checkpoint).state_dict()
+    weights = [k for k in old if old[k].is_floating_point() and "running" not in k]
+    assert all(torch.equal(old[k], new[k]) for k in weights if k.startswith("backbone."))
+    assert any(not torch.equal(old[k], new[k]) for k in weights if k.startswith("head."))
+    assert read_checkpoint_metadata(result.checkpoint)[1]["trainable"] == "head"
+    with pytest.raises(InputError, match="trainable"):
+        next(fine_tune(tiny, store, rgb, steps=1, trainable="backbone"))

@@ -77,3 +77,17 @@ def test_predict_patches_protocols() -> None:
     assert predicted.presence.any(dim=1).all()
     with pytest.raises(ValueError, match="tags"):
         predict_patches(model, x, "oracle")
+
+
+def test_predict_patches_runs_the_model_in_eval_mode_and_restores_its_mode() -> None:
+    """A model straight from training (BatchNorm in batch-statistics mode) segments as it
+    does after loading: the benchmarks once scored a fresh base model in training mode."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", prototypes_per_class=2, input_size=64)
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    a = predict_patches(model, x, "oracle", torch.ones(4, 4))
+    assert model.training  # restored
+    model.eval()
+    b = predict_patches(model, x, "oracle", torch.ones(4, 4))
+    assert torch.equal(a.labels, b.labels) and torch.allclose(a.class_maps, b.class_maps)

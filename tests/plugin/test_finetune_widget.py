@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from lpd.config import TrainConfig
+from lpd.config import FINETUNE_TRAINABLE, TrainConfig
 from lpd.data.synthetic import synthetic_tissue
 from lpd.data.tags import TagStore
 from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
@@ -86,10 +86,14 @@ def test_fine_tune_writes_a_new_checkpoint_and_resegments(setup, qtbot) -> None:
     assert labels.data.shape == (128, 192) and labels.data.dtype == np.uint8
     assert labels.metadata["lpd_checkpoint"] == str(new)
     # Again (from the new one): the first result stays, the second gets the next name.
+    # ... training the prototypes only (the "Train" choice reaches fine_tune)
+    assert extra["trainable"] == FINETUNE_TRAINABLE  # the default, from lpd.config
     widget.steps_spin.setValue(1)
     widget.resegment_check.setChecked(False)
+    widget.trainable_combo.setCurrentIndex(widget.trainable_combo.findData("head"))
     _wait(qtbot, widget.run())
-    assert (checkpoint.parent / "tiny-finetuned-1.safetensors").is_file()
+    second = checkpoint.parent / "tiny-finetuned-1.safetensors"
+    assert second.is_file() and read_checkpoint_metadata(second)[1]["trainable"] == "head"
     assert read_checkpoint_metadata(new)[1]["finetuned_from"] == str(checkpoint)
 
 

@@ -38,6 +38,7 @@ import torch
 from lpd.config import FINETUNE_BATCH as WIDGET_BATCH
 from lpd.config import FINETUNE_LR as WIDGET_LR
 from lpd.config import FINETUNE_STEPS as WIDGET_STEPS
+from lpd.config import FINETUNE_TRAINABLE as WIDGET_TRAINABLE
 from lpd.config import PROTOCOLS
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.metrics import ConfusionMatrix
@@ -57,6 +58,10 @@ class AdaptSettings:
     eval_mosaics: int = 32
     device: str = "cpu"
     base_steps: int | None = None  # training of the base model (None: the recipe's)
+    trainable: str = WIDGET_TRAINABLE  # "all" or "head" (fine_tune's)
+    # where the base model is kept: loaded when the file exists, else trained and saved
+    # there (several fine-tuning settings then start from the same base)
+    base_checkpoint: Path | None = None
 
 
 @dataclass
@@ -99,6 +104,12 @@ def _base_model(settings: AdaptSettings) -> Iterator[AdaptEvent]:
     release = _release_of(settings.tiles)
     if release is None:
         return load_checkpoint(default_checkpoint_path(), settings.device), "shipped default"
+    cached = settings.base_checkpoint
+    if cached is not None and Path(cached).is_file():
+        from lpd.io.checkpoint import read_checkpoint_metadata
+
+        label = read_checkpoint_metadata(cached)[1].get("base", str(cached))
+        return load_checkpoint(cached, settings.device), label
     recipe = load_recipe()
     run = recipe.run()
     if settings.base_steps is not None:
@@ -112,7 +123,12 @@ def _base_model(settings: AdaptSettings) -> Iterator[AdaptEvent]:
         try:
             p = next(gen)
         except StopIteration as stop:
-            return stop.value, f"recipe trained on {', '.join(sorted(others))}"
+            label = f"recipe trained on {', '.join(sorted(others))}"
+            if cached is not None:
+                from lpd.io.checkpoint import save_checkpoint
+
+                save_checkpoint(Path(cached), stop.value, {"base": label})
+            return stop.value, label
         yield AdaptEvent("base", step=p.step, total=p.total)
 
 
@@ -130,6 +146,7 @@ def _predict(model, rgbs: Sequence[np.ndarray], tags: Sequence[np.ndarray], prot
     from lpd.infer.patch import predict_patches
 
     mean, std = model.normalisation()
+    model.eval()  # a freshly trained base comes back in training mode (BatchNorm batch stats)
     out = []
     for i in range(0, len(rgbs), 8):
         x = torch.stack([to_tensor(r, mean, std) for r in rgbs[i : i + 8]]).to(device)
@@ -193,7 +210,10 @@ def run_adapt(settings: AdaptSettings) -> Iterator[AdaptEvent]:
     truth = [m.labels for m in items]
     base_preds = {p: _predict(base, rgbs, tags, p, settings.device) for p in PROTOCOLS}
     report: dict[str, Any] = {
-        "settings": {**asdict(settings), "tiles": str(settings.tiles)}, "base": base_label,
+        "settings": {**asdict(settings), "tiles": str(settings.tiles),
+                     "base_checkpoint": None if settings.base_checkpoint is None
+                     else str(settings.base_checkpoint)},
+        "base": base_label,
         "tiles": {"first_half": {k: len(v) for k, v in first.paths.items()},
                   "second_half": {k: len(v) for k, v in second.paths.items()}},
         "runs": {},
@@ -210,7 +230,8 @@ def run_adapt(settings: AdaptSettings) -> Iterator[AdaptEvent]:
                 gen = fine_tune(base, stores, images, steps=settings.steps,
                                 batch_size=settings.batch_size, lr=settings.lr,
                                 out_path=Path(work) / "tuned.safetensors",
-                                device=settings.device, mpp=base.config.microns_per_pixel)
+                                device=settings.device, mpp=base.config.microns_per_pixel,
+                                trainable=settings.trainable)
                 while True:
                     try:
                         p = next(gen)
@@ -263,7 +284,8 @@ def format_adapt(report: dict[str, Any]) -> str:
     s = report["settings"]
     base = report["summary"].get("0", {})
     lines = [f"Adaptation on `{s['tiles']}` (base: {report['base']}); fine-tune "
-             f"{s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}; "
+             f"{s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}, trains "
+             f"{s.get('trainable', 'all')}; "
              f"{s['eval_mosaics']} evaluation mosaics of the second half",
              "", "| tagged regions N | seeds | predicted mIoU | oracle mIoU | Δ oracle vs N=0 "
              "| off-target pixels changed |", "|---|---|---|---|---|---|"]

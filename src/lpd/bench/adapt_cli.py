@@ -12,6 +12,7 @@ def register(benches: argparse._SubParsersAction) -> None:
     from lpd.config import FINETUNE_BATCH as WIDGET_BATCH
     from lpd.config import FINETUNE_LR as WIDGET_LR
     from lpd.config import FINETUNE_STEPS as WIDGET_STEPS
+    from lpd.config import FINETUNE_TRAINABLE as WIDGET_TRAINABLE
 
     p = benches.add_parser(
         "adapt",
@@ -32,6 +33,11 @@ def register(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=WIDGET_BATCH)
     p.add_argument("--lr", type=float, default=WIDGET_LR)
     p.add_argument("--eval-mosaics", type=int, default=32)
+    p.add_argument("--trainable", choices=("all", "head"), default=WIDGET_TRAINABLE,
+                   help=f"what fine-tuning trains (default {WIDGET_TRAINABLE}: the widget's)")
+    p.add_argument("--base-checkpoint", type=Path,
+                   help="keep the base model here: loaded if the file exists, else trained "
+                   "and saved (runs of several settings share one base)")
     p.add_argument("--base-steps", type=int,
                    help="training steps of the base model (default: the recipe's)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = AdaptSettings(args.tiles, counts, args.seeds, args.steps, args.batch_size,
                              args.lr, args.eval_mosaics, str(resolve_device(args.device)),
-                             args.base_steps)
+                             args.base_steps, args.trainable, args.base_checkpoint)
     gen = run_adapt(settings)
     while True:
         try:

@@ -84,10 +84,18 @@ def predict_patches(
     """Segment a batch of normalised patches (B, 3, H, W).
 
     ``protocol="predicted"`` gates classes by the model's own presence (what a user has);
-    ``"oracle"`` by the given image tags (the published protocol)."""
+    ``"oracle"`` by the given image tags (the published protocol). The model runs in eval
+    mode whatever its mode (BatchNorm running statistics, test-time flips); its mode is
+    restored afterwards."""
     cfg = model.config
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            output = model(images)
+    finally:
+        model.train(was_training)
     with torch.inference_mode():
-        output = model(images)
         scores = score_maps(output, tuple(images.shape[-2:]))
         if protocol == "oracle":
             if tags is None:
