@@ -57,10 +57,15 @@ def test_adapt_reports_gain_and_off_target_change(tmp_path) -> None:
     assert len(report["runs"]["0"]) == 1 and len(report["runs"]["2"]) == 2
     for run in report["runs"]["2"]:
         assert 0.0 <= run["off_target"] <= 1.0 and run["tagged_classes"]
+        # the kinds partition the off-target pixels
+        pixels = run["off_target_pixels"]
+        changed = sum((run["off_target_kinds"][k] or 0.0) * pixels[k] for k in pixels)
+        assert changed == pytest.approx(run["off_target"] * sum(pixels.values()))
         assert 0.0 <= run["oracle"]["mIoU"] <= 1.0
     assert report["summary"]["2"]["oracle"]["n"] == 2
     table = format_adapt(report)
     assert "| 0 | 1 |" in table and "| 2 | 2 |" in table
+    assert "| N | glass / background | OTHER tissue | untagged classes |" in table
     assert plot_adapt(report, tmp_path / "curve.png").stat().st_size > 1000
     json.dumps(report)
 

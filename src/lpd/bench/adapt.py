@@ -244,17 +244,41 @@ def run_adapt(settings: AdaptSettings) -> Iterator[AdaptEvent]:
                 tuned = load_checkpoint(result.checkpoint, settings.device)
             yield AdaptEvent("evaluate", n, seed)
             preds = {p: _predict(tuned, rgbs, tags, p, settings.device) for p in PROTOCOLS}
-            off = [~np.isin(t, sorted(tagged)) for t in truth]
-            changed = sum(int((a != b)[o].sum()) for a, b, o in
-                          zip(preds["predicted"], base_preds["predicted"], off, strict=True))
-            total = sum(int(o.sum()) for o in off)
             runs.append({"seed": seed, **_score(preds, truth, c),
-                         "off_target": changed / total if total else None,
+                         **_off_target(preds["predicted"], base_preds["predicted"], truth,
+                                       tagged, c),
                          "tagged_classes": sorted(tagged)})
         report["runs"][str(n)] = runs
     report["summary"] = {n: _summary(runs) for n, runs in report["runs"].items()}
     report["seconds"] = round(time.perf_counter() - t0)
     return report
+
+
+def _off_target(tuned: list[np.ndarray], base: list[np.ndarray], truth: list[np.ndarray],
+                tagged: set[int], c: int) -> dict[str, Any]:
+    """Share of the pixels whose true class is not among ``tagged`` that fine-tuning
+    relabelled (``off_target``), and the same by kind: glass / background (truth 0), OTHER
+    tissue (truth ``c + 1``, which a model of C classes must paint as one of them) and
+    tissue of untagged classes (``off_target_kinds``; None where there is none)."""
+    kinds = {"glass": lambda t: t == 0, "other_tissue": lambda t: t == c + 1,
+             "untagged_class": lambda t: (t >= 1) & (t <= c) & ~np.isin(t, sorted(tagged))}
+    counts = {k: [0, 0] for k in (*kinds, "all")}
+    for a, b, t in zip(tuned, base, truth, strict=True):
+        diff = a != b
+        for kind, select in kinds.items():
+            m = select(t)
+            counts[kind][0] += int(diff[m].sum())
+            counts[kind][1] += int(m.sum())
+            counts["all"][0] += int(diff[m].sum())
+            counts["all"][1] += int(m.sum())
+
+    def share(kind: str) -> float | None:
+        changed, total = counts[kind]
+        return changed / total if total else None
+
+    return {"off_target": share("all"),
+            "off_target_kinds": {k: share(k) for k in kinds},
+            "off_target_pixels": {k: counts[k][1] for k in kinds}}
 
 
 def _tile_mpp(tiles: Path) -> float | None:
@@ -298,6 +322,23 @@ def format_adapt(report: dict[str, Any]) -> str:
         lines.append(f"| {n} | {summ['predicted']['n']} | {ms(summ['predicted'])} | "
                      f"{ms(summ['oracle'])} | {gain} | "
                      f"{'–' if n == '0' else ms(off)} |")
+    kinds = [(n, runs) for n, runs in report["runs"].items()
+             if runs and "off_target_kinds" in runs[0]]
+    if kinds:
+        lines += ["", "Off-target change by kind (mean over seeds; share of the off-target "
+                  "pixels in brackets):", "",
+                  "| N | glass / background | OTHER tissue | untagged classes |",
+                  "|---|---|---|---|"]
+        for n, runs in kinds:
+            cells = []
+            for kind in ("glass", "other_tissue", "untagged_class"):
+                vals = [r["off_target_kinds"][kind] for r in runs
+                        if r["off_target_kinds"][kind] is not None]
+                pix = [r["off_target_pixels"][kind] for r in runs]
+                tot = [sum(r["off_target_pixels"].values()) for r in runs]
+                frac = sum(pix) / sum(tot) if sum(tot) else 0.0
+                cells.append("–" if not vals else f"{np.mean(vals):.3f} ({frac:.0%})")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
