@@ -9,9 +9,9 @@ then shows the per-prototype heatmaps."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
+from lpd._userfile import read_json
 from lpd.data.sample import CMU_SLIDE
 from lpd.data.slide import open_slide
 from lpd.default_model import CARD_PATH, default_checkpoint_path
@@ -40,7 +40,7 @@ def overlay_text() -> str:
     lines = ["Right: held-apart mosaic (tiles never trained on) | its ground truth."]
     try:
         _, extra = read_checkpoint_metadata(default_checkpoint_path())
-        card = json.loads(CARD_PATH.read_text(encoding="utf-8"))
+        card = read_json(CARD_PATH, "model card")
         if extra.get("recipe") == card.get("recipe") and "shipped" in card:
             held = card["shipped"]["held_apart"]
             lines.append(

@@ -100,7 +100,12 @@ def read_path(path: Path) -> list[LayerData]:
     labels = _read_labels_tiff(path)
     if labels is not None:
         return [labels]
-    return [slide_layer(open_slide(path))]
+    slide = open_slide(path)
+    for note in slide.metadata.get("notes", []):  # e.g. an implausible microns per pixel
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{note} — {path.name}")
+    return [slide_layer(slide)]
 
 
 def read_store(path: Path) -> LayerData:
@@ -130,30 +135,38 @@ def _read_labels_tiff(path: Path) -> LayerData | None:
         if not isinstance(info, dict) or info.get("lpd") != LABELS_TIFF_MARKER:
             tif.close()
             return None
-        levels = list(tif.series[0].levels)
-        h, w = levels[0].shape[:2]
+        series = tif.series[0]
+        h, w = series.levels[0].shape[:2]
         if h * w <= IN_MEMORY_MAX:
-            data: Any = levels[0].asarray()
+            data: Any = series.levels[0].asarray()
             tif.close()
-        else:  # the open file stays referenced by the lazy arrays
-            data = [zarr.open(level.aszarr(), mode="r") for level in levels]
+        else:  # the open file stays referenced by the lazy arrays. One array per level:
+            # a level's own aszarr() is the whole multiscale group for a pyramid
+            data = [zarr.open_array(series.aszarr(level=lv), mode="r")
+                    for lv in range(len(series.levels))]
     except Exception:
         tif.close()
         return None
-    classes = [c for c in info.get("classes", []) if int(c.get("value", 0)) > 0]
-    mpp, scale = info.get("mpp"), float(info.get("scale") or 1.0)
-    offset = info.get("offset") or {"x": 0.0, "y": 0.0}
-    unit = 1.0 if mpp is None else float(mpp) / scale  # µm (or px) per level-0 pixel
-    sc, tr = grid_transform((unit, unit), (0.0, 0.0), scale, (offset["x"], offset["y"]))
+    try:  # our JSON, but possibly edited by hand
+        classes = [c for c in info.get("classes", []) if int(c.get("value", 0)) > 0]
+        names = [str(c["name"]) for c in classes]
+        colormap = class_colormap([c["colour"] for c in classes])
+        mpp, scale = info.get("mpp"), float(info.get("scale") or 1.0)
+        offset = info.get("offset") or {"x": 0.0, "y": 0.0}
+        unit = 1.0 if mpp is None else float(mpp) / scale  # µm (or px) per level-0 pixel
+        sc, tr = grid_transform((unit, unit), (0.0, 0.0), scale,
+                                (float(offset["x"]), float(offset["y"])))
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InputError(path, f"the label TIFF's description is damaged ({exc!r})") from None
     meta = {
         "name": path.stem,
         "scale": sc,
         "translate": tr,
         "units": units_of(mpp),
         "multiscale": isinstance(data, list) and len(data) > 1,
-        "colormap": class_colormap([c["colour"] for c in classes]),
+        "colormap": colormap,
         "opacity": LABELS_OPACITY,
-        "metadata": {"lpd_class_names": [c["name"] for c in classes], "lpd_path": str(path)},
+        "metadata": {"lpd_class_names": names, "lpd_path": str(path)},
     }
     if isinstance(data, list) and len(data) == 1:
         data = data[0]

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lpd._atomic import atomic_write_text
+from lpd._userfile import read_text
 from lpd.errors import InputError, LPDError
 
 REPORT_NAME = "batch-report.json"
@@ -64,6 +65,7 @@ class BatchOptions:
     level: int | None = None
     mpp: float | None = None
     target_mpp: float | None = None
+    allow_resample: bool = False  # resample by more than 8x (lpd predict --allow-resample)
     batch_size: int = 8
     prototypes: bool = False
     torch_threads: int = 1
@@ -110,13 +112,29 @@ def parse_task(spec: str) -> BatchTask:
 
 
 def read_task_file(path: str | Path) -> list[BatchTask]:
-    """Tasks from a text file: one ``SLIDE[@x,y,w,h]`` per line; blank lines and # comments
-    ignored; relative paths are relative to the file's folder."""
+    """Tasks from a text file: one ``SLIDE[@x,y,w,h]`` per line.
+
+    Blank lines and # comments are ignored; relative paths are relative to the file's
+    folder. The file may be UTF-8 with or without a byte-order mark (or UTF-16 with one),
+    with any line endings.
+
+    Parameters
+    ----------
+    path : str or Path
+        The task list.
+
+    Returns
+    -------
+    list of BatchTask
+        The tasks in file order.
+
+    Raises
+    ------
+    InputError
+        Naming the file (unreadable, not text) or the task (an empty region).
+    """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the task list ({exc})") from None
+    lines = read_text(path, "task list").splitlines()  # a BOM or CRLF is fine
     tasks = []
     for line in lines:
         line = line.split("#", 1)[0].strip()
@@ -212,7 +230,8 @@ def _predict(task: BatchTask, checkpoint: str, store: Path, options: BatchOption
     with open_slide(task.slide, mpp=options.mpp) as slide:
         res = run_tiled(predict_tiled(
             model, slide, region=task.region, level=options.level,
-            target_mpp=options.target_mpp, batch_size=options.batch_size,
+            target_mpp=options.target_mpp, allow_resample=options.allow_resample,
+            batch_size=options.batch_size,
             device=options.device, store=store, prototypes=options.prototypes,
             resume=options.resume))
     gy, gx = res.plan.grid

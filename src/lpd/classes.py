@@ -32,6 +32,34 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
 RETIRED_COLOURS: dict[str, tuple[int, int, int]] = {"NEC": (40, 40, 40)}
 
 
+# for classes without a fixed colour: distinct, and 3:1 or more on a black canvas
+EXTRA_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (46, 204, 113), (155, 89, 182), (255, 127, 80), (0, 206, 209), (255, 105, 180),
+    (189, 183, 107), (135, 206, 250), (244, 164, 96))
+
+
+def default_colours(class_names: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """A colour per class: its fixed one (``CLASS_COLOURS``) or, for another class, the
+    next of ``EXTRA_COLOURS`` (cycling).
+
+    Parameters
+    ----------
+    class_names : sequence of str
+
+    Returns
+    -------
+    tuple of RGB triples (0-255), one per class
+    """
+    out, extra = [], 0
+    for name in class_names:
+        if name in CLASS_COLOURS:
+            out.append(CLASS_COLOURS[name])
+        else:
+            out.append(EXTRA_COLOURS[extra % len(EXTRA_COLOURS)])
+            extra += 1
+    return tuple(out)
+
+
 def label_of(class_index: int) -> int:
     """Label value of model channel ``class_index`` (0-based)."""
     return class_index + 1

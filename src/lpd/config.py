@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpd.classes import CLASS_COLOURS, CLASS_NAMES, readable_colours
+from lpd.classes import CLASS_COLOURS, CLASS_NAMES, default_colours, readable_colours
 from lpd.errors import InputError
 
 #: Class presence from the model ("predicted") or the ground-truth tags ("oracle", the
@@ -75,6 +74,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> ModelConfig:
         config: ModelConfig = _from_dict(cls, data, source)
+        if (isinstance(config.class_names, tuple) and isinstance(config.class_colours, tuple)
+                and len(config.class_colours) != len(config.class_names)):
+            # other classes than the defaults' (create_model(class_names=...)): a colour each
+            config.class_colours = default_colours(config.class_names)  # type: ignore[assignment]
         # checkpoints written before NEC's colour changed (the shipped lpd-crc-v1 among
         # them) carry its near-black, unreadable on napari's canvas: show the current one
         if isinstance(config.class_names, tuple) and isinstance(config.class_colours, tuple):
@@ -135,13 +138,12 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
+        from lpd._userfile import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "config file not found") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(path, f"not a JSON config file ({exc})") from None
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        data = read_json(path, "config file")  # BOM, UTF-16, CRLF tolerated
         if not isinstance(data, dict) or set(data) - {"model", "train"}:
             raise InputError(path, 'expected a JSON object with "model" and/or "train" keys')
         return cls(

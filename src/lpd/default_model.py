@@ -37,6 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lpd._userfile import read_json
 from lpd.config import ModelConfig, RunConfig, TrainConfig
 from lpd.data.mosaic import OTHER, TileFolder
 from lpd.data.sample import SAMPLE_ROOT
@@ -67,10 +68,9 @@ class Recipe:
             The file is missing, not JSON, or lacks a section.
         """
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(path, f"unreadable recipe ({exc})") from None
+        raw = read_json(path, "recipe")
+        if not isinstance(raw, dict):
+            raise InputError(path, "a recipe is a JSON object")
         missing = [k for k in ("name", "model", "train", "releases", "held_apart",
                                "evaluation") if k not in raw]
         if missing:
@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     scores = score_held_apart(target, recipe)
     card_file = args.out / f"{recipe.name}.card.json"
-    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    card = read_json(card_file, "model card") if card_file.is_file() else {}
     key = "short" if args.short else "shipped"
     card["recipe"] = recipe.id
     card[key] = {"held_apart": _summary(scores), "steps": run.train.steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from lpd.config import PROTOCOLS  # re-exported (defined torch-free, for the CLI)
+from lpd.errors import InputError
 from lpd.infer.patch import predict_patches
 from lpd.metrics import ConfusionMatrix, SegmentationScores, one_class_guess
 from lpd.model.lpd_model import LPDModel
@@ -31,8 +33,40 @@ def evaluate(
     device: torch.device | str = "cpu",
     protocols: tuple[str, ...] = PROTOCOLS,
     on_batch: Callable[[int], None] | None = None,
+    require_labels: bool = False,
+    source: str | os.PathLike[str] | None = None,
 ) -> Evaluation:
-    """Score ``model`` over batches of (images, tags, label masks); masks use 0 = ignore."""
+    """Score ``model`` over labelled patches.
+
+    Parameters
+    ----------
+    model : LPDModel
+        The model to score.
+    batches : iterable of (images, tags, masks)
+        Label masks use 0 = background (ignored), 1..C the classes.
+    device : torch.device or str
+        Where the model runs.
+    protocols : tuple of str
+        Presence protocols to score (``lpd.config.PROTOCOLS``).
+    on_batch : callable, optional
+        Called with each batch's index once it is scored.
+    require_labels : bool
+        Refuse ground truth without a single labelled pixel (``lpd evaluate``); False
+        (training's validation, which skips a NaN score) returns NaN scores instead.
+    source : str or PathLike, optional
+        The data (folder or masks) named when it holds no labelled pixel.
+
+    Returns
+    -------
+    Evaluation
+        Per protocol scores, plus the one-class-guess baseline.
+
+    Raises
+    ------
+    InputError
+        With ``require_labels``, when no mask holds a single labelled (tissue) pixel:
+        every score would be undefined (NaN), which is not a result.
+    """
     model.eval()
     num_classes = model.config.num_classes
     matrices = {p: ConfusionMatrix(num_classes) for p in protocols}
@@ -49,6 +83,9 @@ def evaluate(
         n += len(images)
         if on_batch is not None:
             on_batch(i)
+    if require_labels and not guess.matrix[1:].any():
+        raise InputError(source, f"no labelled pixel in the ground truth of {n} patch(es): "
+                         "every mask is background, so nothing can be scored")
     scores = {p: m.scores() for p, m in matrices.items()}
     scores["one_class_guess"] = guess.scores()
     return Evaluation(scores, n)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lpd import distributed
 from lpd._atomic import atomic_write_text
+from lpd._userfile import read_json
 from lpd.config import TrainConfig
 from lpd.errors import Cancelled
 from lpd.evaluate import evaluate
@@ -142,7 +143,7 @@ class Trainer:
         self.best_val = state.get("best_val")
         history = self.out_dir / HISTORY
         if history.exists():
-            self.history = json.loads(history.read_text())
+            self.history = read_json(history, "training history")
 
     def _loader(self) -> Iterator:
         gen = torch.Generator().manual_seed(self.config.seed + self.start_step)

@@ -87,3 +87,15 @@ def test_shipped_checkpoint_shows_readable_colours() -> None:
     assert len(stored) == len(config.class_colours)
     for colour in config.class_colours:
         assert contrast_ratio(colour, CANVAS) >= MIN_CONTRAST
+
+
+def test_a_model_of_other_classes_gets_a_colour_per_class() -> None:
+    from lpd.classes import CLASS_COLOURS, EXTRA_COLOURS
+    from lpd.colours import contrast_ratio
+    from lpd.model import create_model
+
+    model = create_model("resnet18", class_names=("TUM", "STR", "LYM", "NEC", "MUC"))
+    colours = model.config.class_colours
+    assert len(colours) == 5 and colours[:4] == tuple(CLASS_COLOURS.values())
+    assert colours[4] == EXTRA_COLOURS[0] and len(set(colours)) == 5
+    assert all(contrast_ratio(c, (0, 0, 0)) >= 3.0 for c in EXTRA_COLOURS)

@@ -82,12 +82,16 @@ def test_16bit_scaled(tmp_path):
     out = read_rgb(tmp_path / "a.tif")
     assert out.dtype == np.uint8
     np.testing.assert_allclose(out.astype(int), (full.astype(int) >> 8), atol=1)
-    # 12-bit data in a 16-bit container is scaled by 4095, not left dark
+    # 12-bit data in a 16-bit container: scaled by what the file declares (MaxSampleValue),
+    # else by the container's full range, never by the image's own maximum
     twelve = np.full((16, 16), 4095, np.uint16)
     twelve[0] = 2048
-    Image.fromarray(twelve).save(tmp_path / "b.png")  # 16-bit grayscale PNG
-    out = read_rgb(tmp_path / "b.png")
+    tifffile.imwrite(tmp_path / "b.tif", twelve, extratags=[(281, 3, 1, 4095, True)])
+    out = read_rgb(tmp_path / "b.tif")
     assert out[1, 0, 0] == 255 and abs(int(out[0, 0, 0]) - 128) <= 1
+    Image.fromarray(twelve).save(tmp_path / "b.png")  # 16-bit grayscale PNG, no declaration
+    out = read_rgb(tmp_path / "b.png")
+    assert out[1, 0, 0] == 16 and out[0, 0, 0] == 8  # 4095 / 257, 2048 / 257: dark
 
 
 def test_float_images(tmp_path):

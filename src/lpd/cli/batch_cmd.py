@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int)
     p.add_argument("--mpp", type=float, help="level-0 microns per pixel of every slide")
     p.add_argument("--target-mpp", type=float)
+    p.add_argument("--allow-resample", action="store_true",
+                   help="resample slides even by more than 8x (see lpd predict)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--prototypes", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads_per_worker
     workers = args.workers or max(1, (os.cpu_count() or 1) // threads)
     options = BatchOptions(level=args.level, mpp=args.mpp, target_mpp=args.target_mpp,
+                           allow_resample=args.allow_resample,
                            batch_size=args.batch_size, prototypes=args.prototypes,
                            torch_threads=threads, device=args.device,
                            resume=not args.no_resume)

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lpd._atomic import atomic_write_text
     from lpd.cli._progress import progress_bar
+    from lpd.data.bcss import check_eval_masks
+    from lpd.data.datasets import BCSSEvalDataset
     from lpd.data.sources import evaluation_dataset
     from lpd.default_model import resolve_default
     from lpd.evaluate import evaluate, format_table
@@ -49,10 +51,13 @@ def run(args: argparse.Namespace) -> int:
     _warn_in_sample(args.checkpoint, args.data)
     dataset = evaluation_dataset(args.data, model.config, args.split, args.mosaics,
                                  args.seed, args.tile_mpp)
+    if isinstance(dataset, BCSSEvalDataset):  # unusable masks: one clear line, before scoring
+        check_eval_masks(dataset.items)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     loader = DataLoader(dataset, batch_size=args.batch_size)
     with progress_bar(len(loader), "evaluate", "batch") as bar:
-        result = evaluate(model, loader, device, protocols, on_batch=lambda _: bar.update(1))
+        result = evaluate(model, loader, device, protocols, on_batch=lambda _: bar.update(1),
+                          require_labels=True, source=args.data)
     print(format_table(result, model.config.class_names))
     if args.json:
         payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), **result.as_dict()}

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lpd._userfile import read_json
     from lpd.default_model import CARD_PATH, default_checkpoint_path, load_recipe
     from lpd.io.checkpoint import read_checkpoint_metadata
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
             "extra": extra}
     recipe = load_recipe()
     if extra.get("recipe") == recipe.id and CARD_PATH.is_file():
-        info["card"] = json.loads(CARD_PATH.read_text(encoding="utf-8"))
+        info["card"] = read_json(CARD_PATH, "model card")
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

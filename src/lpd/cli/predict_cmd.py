@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "metadata has none (or is wrong)")
     p.add_argument("--target-mpp", type=float,
                    help="process at this magnification instead of the checkpoint's")
+    p.add_argument("--allow-resample", action="store_true",
+                   help="resample the slide even by more than 8x either way (refused by "
+                   "default: it usually means a wrong microns per pixel; see --mpp)")
     p.add_argument("--prototypes", action="store_true",
                    help="also store per-prototype activation maps (float16)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, ...")
@@ -94,7 +97,8 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
     resume = not args.no_resume
     out: Path = args.out
     model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
-    kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp)
+    kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp,
+                  allow_resample=args.allow_resample)
     plan = plan_tiled(model, slide, **kwargs)
     grid = plan.grid
     total = grid[0] * grid[1]

@@ -8,7 +8,9 @@ Layout (as distributed)::
 
 Masks are P-mode PNGs whose palette indices are 0 TUM, 1 STR, 2 LYM, 3 NEC, 4 background.
 They are converted on reading to the project's label convention: ``x + 1`` for 0..3 and
-``4 -> 0``; any other value (not used by BCSS) also becomes 0, i.e. ignored by the metrics.
+``4 -> 0``. Any other value is refused (``read_bcss_mask``): a mask converted to greyscale
+or RGB holds colours (e.g. 29/76/150/255), not classes, and would otherwise be scored as
+all background, giving undefined scores without a word.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ VAL_DIRS = ("val", "valid", "validation")
 TEST_DIRS = ("test",)
 MPP = 0.25  # microns per pixel of BCSS-WSSS patches
 
-# BCSS mask value -> label: 0..3 -> 1..4, 4 (background) and anything else -> 0.
+# BCSS mask value -> label: 0..3 -> 1..4, 4 (background) -> 0 (read_bcss_mask refuses others).
 BCSS_TO_LABEL = np.zeros(256, np.uint8)
 BCSS_TO_LABEL[:4] = np.arange(1, 5, dtype=np.uint8)
 # label -> BCSS mask value (for writing): 0 -> 4, 1..4 -> 0..3.
@@ -72,8 +74,64 @@ def bcss_to_labels(mask: np.ndarray) -> np.ndarray:
 
 
 def read_bcss_mask(path: str | Path) -> np.ndarray:
-    """Read a BCSS-WSSS mask and convert it to labels (uint8 HxW, 0 background, 1..4)."""
-    return bcss_to_labels(read_mask(path))
+    """Read a BCSS-WSSS mask and convert it to labels.
+
+    Parameters
+    ----------
+    path : str or Path
+        A mask image holding BCSS class indices 0..4 (P-mode PNG as distributed, or a
+        greyscale image of the same indices).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (H, W): 0 background, 1..4 TUM, STR, LYM, NEC.
+
+    Raises
+    ------
+    InputError
+        Naming the mask: unreadable, or holding values outside 0..4 (e.g. a mask saved
+        as a greyscale or colour picture of the classes).
+    """
+    values = read_mask(path)
+    counts = np.bincount(values.ravel(), minlength=256)
+    if counts[len(LABEL_TO_BCSS):].any():
+        found = np.flatnonzero(counts)
+        shown = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
+        raise InputError(path, f"mask holds values {shown}; a BCSS-WSSS mask holds class "
+                         "indices 0..4 (0 TUM, 1 STR, 2 LYM, 3 NEC, 4 background): was it "
+                         "converted to greyscale or RGB? Keep the palette indices")
+    return bcss_to_labels(values)
+
+
+def check_eval_masks(items: Sequence[EvalItem]) -> int:
+    """Read every mask of an evaluation split and count its labelled (tissue) pixels.
+
+    Parameters
+    ----------
+    items : sequence of (image, mask) paths
+        The split, as ``find_bcss`` lists it.
+
+    Returns
+    -------
+    int
+        Tissue pixels (labels 1..4) over all masks.
+
+    Raises
+    ------
+    InputError
+        Naming the first mask with values outside 0..4, or, when no mask holds a single
+        tissue pixel (scores would be undefined), the mask (or its folder for several).
+    """
+    total = 0
+    for _, mask in items:
+        total += int(np.count_nonzero(read_bcss_mask(mask)))
+    if items and total == 0:
+        masks = [Path(m) for _, m in items]
+        where = masks[0] if len(masks) == 1 else masks[0].parent
+        raise InputError(where, f"no labelled pixel in {len(masks)} mask(s): every pixel is "
+                         "background (4), so nothing can be scored")
+    return total
 
 
 def read_eval_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:

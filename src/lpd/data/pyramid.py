@@ -264,14 +264,11 @@ def check_tiff_structure(path: Path, max_ifds: int = 100_000) -> None:
 
 
 def check_tiff_level(path: Path, page, lv: int, filesize: int) -> None:
-    """Refuse a level whose header can't describe this file, reading no pixel data."""
-    h, w, photometric = int(page.imagelength), int(page.imagewidth), int(page.photometric)
+    """Refuse a level whose header can't describe this file, reading no pixel data (its
+    colour model is checked by ``lpd.data.pixels.tiff_pixel_format``)."""
+    h, w = int(page.imagelength), int(page.imagewidth)
     if h < 1 or w < 1:
         raise InputError(path, f"level {lv} declares an empty image ({w}x{h} px)")
-    if photometric not in (0, 1, 2, 6) or (photometric == 6 and int(page.compression) == 1):
-        name = getattr(page.photometric, "name", photometric)
-        raise InputError(path, f"level {lv}: colour model {name} is not supported (expected "
-                         "RGB or grayscale)")
     dtype = page.dtype
     if dtype is None or dtype.kind != "u" or dtype.itemsize > 4 or page.samplesperpixel > 4:
         raise InputError(path, f"level {lv}: {page.samplesperpixel} samples of type {dtype} "

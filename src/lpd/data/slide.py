@@ -6,12 +6,18 @@ from its own TIFF page (never ``base[::2]``), in chunks of about 1 MiB made of w
 tiles. Plain PNG / JPEG (anything PIL reads) is small: read once into a single level, up to
 ``lpd.data.images.MAX_PIXELS``.
 
-Every level is ``(H, W, 3) uint8``, converted per chunk as it is read: grayscale is repeated
-to RGB; gray+alpha and RGBA are composited on white (transparent = background); integers
-wider than 8 bits are scaled to 0..255 by the TIFF's MaxSampleValue, else by ``2**bits - 1``
-(full-range 16-bit is divided by 257: a lazy reader can't scan the image for its maximum),
-rounded; MinIsWhite is inverted. Float, signed, palette, CMYK, > 4 samples and extra
-non-singleton axes (focal planes, time, channels) are refused.
+Every level is ``(H, W, 3) uint8``, converted per chunk as it is read by the rules of
+``lpd.data.pixels`` (the same for every reader): white is the TIFF's MaxSampleValue, else
+OME SignificantBits, else ``2**bits - 1`` (never the image's own maximum); YCbCr the codec
+leaves alone and CIELab are converted to RGB; grayscale is repeated to RGB; gray+alpha and
+RGBA are composited on white (transparent = background); MinIsWhite is inverted. Float,
+signed, palette, CMYK, > 4 samples and extra non-singleton axes (focal planes, time,
+channels) are refused.
+
+The slide is the file's main image, chosen by its role, never by its size: tifffile's
+series names (SVS, NDPI, Philips, OME image names), the Aperio ImageDescription and the
+NewSubfileType tag mark thumbnails, labels, macro (overview) photos and reduced copies;
+the first image not so marked, in file order, is the slide.
 
 Before any pixel is read the header is checked: every image directory and tag value lies
 inside the file, the tile count matches the declared size, tiles lie inside the file and one
@@ -23,22 +29,31 @@ and the tile.
 Microns per pixel: the Aperio description (``MPP = 0.499``), OME PhysicalSizeX, else the TIFF
 resolution tags (centimetre / inch; values outside 0.01..100 µm/px, such as a 72 dpi
 placeholder, are ignored). ``mpp=`` overrides them. Otherwise ``mpp`` is None and
-``mpp_source`` is ``"unknown"``: callers refuse or flag areas in µm².
+``mpp_source`` is ``"unknown"``: callers refuse or flag areas in µm². A value outside
+``PLAUSIBLE_MPP`` (0.1..20 µm/px: finer than a light microscope resolves, or coarser than a
+slide scan) is kept but noted in ``metadata["notes"]`` (shown by ``lpd predict`` and napari).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
+from lpd.data.pixels import (
+    PixelFormat,
+    ome_pixels,
+    ome_significant_bits,
+    tiff_pixel_format,
+    to_rgb8,
+)
 from lpd.data.pyramid import CONVERT_HINT, check_tiff_level, check_tiff_structure
 from lpd.errors import InputError
 
@@ -47,7 +62,11 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _AXES = ("YX", "YXS", "SYX", "CYX")
 _UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
              "Å": 1e-4, "pm": 1e-6}
-_MPP_RANGE = (0.01, 100.0)
+_MPP_RANGE = (0.01, 100.0)  # outside: a placeholder (72 dpi), not a scale; ignored
+PLAUSIBLE_MPP = (0.1, 20.0)  # outside: kept, with a note
+# images that are not the slide: by series name, by Aperio description, by NewSubfileType
+_AUX_NAME = re.compile(r"\b(macro|label|thumbnail|overview|preview|map)\b", re.IGNORECASE)
+_AUX_APERIO = re.compile(r"^\s*(macro|label|thumbnail)\b|->", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(eq=False)
@@ -117,7 +136,24 @@ class Slide:
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     """Open a slide or plain image as a lazy pyramid (see the module docstring).
-    ``mpp`` overrides the file's microns per pixel at level 0."""
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Aperio SVS, TIFF, OME-TIFF, NDPI, PNG, JPEG (read by content, not by extension).
+    mpp : float, optional
+        Level-0 microns per pixel, overriding the file's.
+
+    Returns
+    -------
+    Slide
+        Notes for the user (an implausible microns per pixel) in ``metadata["notes"]``.
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, corrupt or of an unsupported kind (naming it).
+    """
     path = Path(path)
     if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
                             or not math.isfinite(mpp) or mpp <= 0):
@@ -137,7 +173,35 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     if mpp is not None:
         slide.metadata["mpp_metadata"] = slide.mpp
         slide.mpp, slide.mpp_source = float(mpp), "override"
+    note = mpp_note(slide.mpp, slide.mpp_source)
+    if note:
+        slide.metadata.setdefault("notes", []).append(note)
     return slide
+
+
+def mpp_note(mpp: float | None, source: str) -> str | None:
+    """A note when a microns per pixel is outside ``PLAUSIBLE_MPP``.
+
+    Parameters
+    ----------
+    mpp : float or None
+        Level-0 microns per pixel.
+    source : str
+        ``"metadata"`` (the file's) or ``"override"`` (given by the user).
+
+    Returns
+    -------
+    str or None
+        None when ``mpp`` is None or plausible.
+    """
+    lo, hi = PLAUSIBLE_MPP
+    if mpp is None or lo <= mpp <= hi:
+        return None
+    origin = "the file declares" if source == "metadata" else "given as"
+    why = "finer than a light microscope resolves" if mpp < lo else "coarser than a slide scan"
+    return (f"{origin} {mpp:.3g} µm/px, outside the usual {lo:g}-{hi:g} µm/px ({why}): "
+            "areas and magnification may be wrong; check it, and give the right value with "
+            "--mpp (mpp= in Python)")
 
 
 def _open_plain(path: Path, magic: bytes) -> Slide:
@@ -188,19 +252,22 @@ def _build_tiff(path: Path, tif) -> Slide:
         raise InputError(path, f"no 2-D RGB or grayscale image in this TIFF (series: "
                          f"{desc or 'none'}); z-stacks, time series and multi-channel images "
                          "are not supported")
-    index, series = max(candidates, key=lambda c: math.prod(_yx(c[1].levels[0])))
+    main = [c for c in candidates if image_role(c[1]) is None]
+    index, series = (main or candidates)[0]  # by role and file order, never by size
     filesize = path.stat().st_size
     axes = series.levels[0].get_axes(True)
     h0, w0 = _yx(series.levels[0])
     handle = _TiffHandle(path, index, tif)
     downsamples, levels, token = [], [], _token(path)
+    significant = ome_significant_bits(tif, index)
     for lv, level in enumerate(series.levels):
         page = level.keyframe
         check_tiff_level(path, page, lv, filesize)
+        fmt = tiff_pixel_format(path, page, significant, f"level {lv}")
         h, w = _yx(level)
         if level.get_axes(True) != axes or h > h0 or w > w0:
             break  # not a reduced copy of level 0: the pyramid ends here
-        src = _LevelSource(handle, lv, page, axes, level.get_shape(True))
+        src = _LevelSource(handle, lv, page, axes, level.get_shape(True), fmt)
         handle.sources.append(src)
         downsamples.append(_downsample(h0, w0, h, w))
         chunks = _chunk_shape(*src.tile, h, w, src.tiled)
@@ -211,12 +278,54 @@ def _build_tiff(path: Path, tif) -> Slide:
                                   ("is_philips", "philips"), ("is_scn", "leica"),
                                   ("is_bif", "ventana")) if getattr(tif, k, False)), "tiff")
     page0 = series.levels[0].keyframe
-    meta: dict = {"series": series.name, "tile": handle.sources[0].tile,
+    meta: dict = {"series": series.name, "series_index": index,
+                  "colour": handle.sources[0].fmt.colour,
+                  "max_sample_value": handle.sources[0].fmt.maxval,
+                  "other_images": {i: image_role(s) or s.name for i, s in enumerate(all_series)
+                                   if i != index},
+                  "tile": handle.sources[0].tile,
                   "compression": getattr(page0.compression, "name", str(page0.compression)),
                   "level_shapes": [s.shape[:2] for s in handle.sources]}
     mpp = _tiff_mpp(tif, page0, index, meta)
     return Slide(path, levels, downsamples, mpp, "unknown" if mpp is None else "metadata",
                  vendor, meta, handle)
+
+
+def image_role(series) -> str | None:
+    """What a TIFF image (tifffile series) is when it is not a slide: ``"macro"``,
+    ``"label"``, ``"thumbnail"``, ... or ``"reduced"`` / ``"mask"``; None for a main image.
+
+    Parameters
+    ----------
+    series : tifffile.TiffPageSeries
+        One image of the file.
+
+    Returns
+    -------
+    str or None
+        From the series name (tifffile names SVS, NDPI, Philips images by role; OME image
+        names), the Aperio ImageDescription (``label 387x463``, ``macro 1280x431``, a
+        thumbnail's ``-> 574x768``) or NewSubfileType (reduced, mask, macro bits).
+    """
+    import tifffile
+
+    page = series.keyframe
+    desc = str(getattr(page, "description", "") or "")
+    if desc.startswith("Aperio"):  # the most specific: tifffile names by NewSubfileType
+        match = _AUX_APERIO.search(desc.split("\n", 1)[1] if "\n" in desc else "")
+        if match and (match.group(1) or series.name != "Baseline"):  # "->": a reduction
+            return (match.group(1) or "thumbnail").lower()
+    match = _AUX_NAME.search(str(series.name or ""))
+    if match:
+        return match.group(1).lower()
+    kind = tifffile.FILETYPE(int(getattr(page, "subfiletype", 0) or 0))
+    if kind & tifffile.FILETYPE.MACRO:
+        return "macro"
+    if kind & tifffile.FILETYPE.MASK:
+        return "mask"
+    if kind & tifffile.FILETYPE.REDUCEDIMAGE:
+        return "reduced"
+    return None
 
 
 def _yx(level) -> tuple[int, int]:
@@ -251,15 +360,11 @@ def _tiff_mpp(tif, page, series_index: int, meta: dict) -> float | None:
         if _float(fields.get("AppMag")):
             meta["objective_power"] = _float(fields.get("AppMag"))
     elif getattr(tif, "is_ome", False):
-        try:
-            pixels = [e for e in ET.fromstring(tif.ome_metadata or "").iter()
-                      if e.tag.endswith("}Pixels") or e.tag == "Pixels"]
-            px = pixels[series_index if series_index < len(pixels) else 0]
+        px = ome_pixels(tif, series_index)
+        if px is not None:
             mpp, unit = _float(px.get("PhysicalSizeX")), _UNITS_UM.get(
                 px.get("PhysicalSizeXUnit", "µm"))
             mpp = None if (mpp is None or unit is None) else mpp * unit
-        except (ET.ParseError, IndexError):
-            mpp = None
     xres = page.tags.get("XResolution")
     if mpp is None and xres is not None and int(page.resolutionunit) in (2, 3):
         num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
@@ -330,16 +435,13 @@ class _LevelSource:
     region through the zarr store, converts it to RGB, and turns a decode failure into an
     InputError naming the file, the level and the failing tile."""
 
-    def __init__(self, handle: _TiffHandle, level: int, page, axes: str, shape) -> None:
+    def __init__(self, handle: _TiffHandle, level: int, page, axes: str, shape,
+                 fmt: PixelFormat) -> None:
         self.handle, self.level, self.axes, self.tiled = handle, level, axes, bool(page.is_tiled)
         self.tile = ((int(page.tilelength), int(page.tilewidth)) if self.tiled else
                      (int(min(page.rowsperstrip, page.imagelength)), int(page.imagewidth)))
         self.shape = (int(shape[axes.index("Y")]), int(shape[axes.index("X")]), 3)
-        self.samples = 1 if axes == "YX" else int(shape[axes.index("S" if "S" in axes else "C")])
-        maxval, bits = page.tags.get("MaxSampleValue"), int(page.bitspersample)
-        top = int(np.max(maxval.value)) if maxval is not None else 0
-        self.maxval = top if top > 0 else (1 << bits) - 1
-        self.invert = int(page.photometric) == 0  # MinIsWhite
+        self.fmt = fmt
         self.dtype, self.ndim = np.dtype(np.uint8), 3
 
     def _raw(self, ys: slice, xs: slice) -> np.ndarray:
@@ -357,7 +459,7 @@ class _LevelSource:
             raw = self._raw(ys, xs)
         except Exception as exc:
             raise self._error(ys, xs, exc) from None
-        rgb = _to_rgb8(raw, self.samples, self.maxval, self.invert)
+        rgb = to_rgb8(raw, self.fmt)
         return rgb[..., key[2]] if len(key) > 2 else rgb
 
     def _error(self, ys: slice, xs: slice, exc: Exception) -> InputError:
@@ -377,18 +479,3 @@ class _LevelSource:
                                       f"({type(exc).__name__}: {exc})")
         return InputError(self.handle.path, f"cannot read level {self.level} region y={y0}.."
                           f"{y1}, x={x0}..{x1}: corrupt file ({type(exc).__name__}: {exc})")
-
-
-def _to_rgb8(raw: np.ndarray, samples: int, maxval: int, invert: bool) -> np.ndarray:
-    if raw.dtype != np.uint8:
-        raw = np.rint(np.minimum(raw, maxval).astype(np.float32) * (255.0 / maxval))
-        raw = raw.astype(np.uint8)
-    colour = raw[..., :3] if samples >= 3 else raw[..., :1]
-    if invert:
-        colour = 255 - colour
-    if colour.shape[-1] == 1:
-        colour = np.repeat(colour, 3, axis=-1)
-    if samples in (2, 4):
-        alpha = raw[..., -1:].astype(np.float32) / 255.0
-        colour = np.rint(colour * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(colour)

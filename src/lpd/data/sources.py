@@ -18,7 +18,7 @@ from lpd.data.augment_policy import (
     fit_lab_template,
 )
 from lpd.data.bcss import MPP as BCSS_MPP
-from lpd.data.bcss import find_bcss
+from lpd.data.bcss import check_eval_masks, find_bcss
 from lpd.data.datasets import BCSSEvalDataset, BCSSTrainDataset, MosaicDataset
 from lpd.data.images import read_rgb
 from lpd.data.mosaic import MosaicGenerator, TileFolder
@@ -175,6 +175,8 @@ def training_sources(
             policy=augment_policy(train, True, [path for path, _ in layout.train]),
             **common,
         )
+        if layout.val:  # unusable validation masks fail now, not after the first steps
+            check_eval_masks(layout.val)
         val_ds = BCSSEvalDataset(layout.val, **common) if layout.val else None
         return DataSources(train_ds, val_ds, "bcss", BCSS_MPP)
     train_ds = mosaic_dataset(

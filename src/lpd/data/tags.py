@@ -25,6 +25,7 @@ import numpy as np
 import platformdirs
 
 from lpd._atomic import atomic_path, atomic_write_text
+from lpd._userfile import read_json
 from lpd.classes import CLASS_NAMES
 from lpd.data.sample import SAMPLE_ROOT
 from lpd.errors import InputError
@@ -33,6 +34,7 @@ from lpd.infer._reader import RegionSource
 FORMAT, VERSION, SIDECAR_SUFFIX = "lpd-tags", 1, ".lpd-tags.json"
 SOURCES = ("rectangle", "grid")
 MPP_TOLERANCE = 0.02  # as tiled inference: no resize within 2 % of the target
+MAX_COORD = 1e12  # px: far beyond any slide, and exact as a float (no inf from x + w)
 _FINGERPRINT_BYTES = 65536
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 Box = tuple[int, int, int, int]
@@ -185,10 +187,11 @@ class TagStore:
     def _bbox(self, bbox: Sequence[float]) -> Box:
         try:
             x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(self.sidecar, f"bbox must be (x, y, w, h), got {bbox!r}") from None
-        if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
-            raise InputError(self.sidecar, f"bbox {tuple(bbox)} is empty or not finite")
+        if not all(abs(v) <= MAX_COORD for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            raise InputError(self.sidecar, f"bbox {tuple(bbox)} is empty, not finite or "
+                             f"beyond {MAX_COORD:.0e} px")
         x0, y0 = math.floor(x), math.floor(y)
         return x0, y0, max(1, math.ceil(x + w) - x0), max(1, math.ceil(y + h) - y0)
 
@@ -204,17 +207,41 @@ class TagStore:
     @classmethod
     def load(cls, image_path: str | os.PathLike[str], class_names: Sequence[str] = CLASS_NAMES,
              image_size: tuple[int, int] | None = None) -> TagStore:
-        """The image's tags (empty without a sidecar). An unreadable sidecar raises
-        InputError naming it and the problem (``save`` moves it aside as ``.bak``)."""
+        """The image's tags (empty without a sidecar).
+
+        The sidecar is read as UTF-8, with or without a byte-order mark, or as UTF-16/32
+        with one, with any line endings (as Windows editors save it). Every region must
+        be well formed: a file is loaded whole or refused, never in part.
+
+        Parameters
+        ----------
+        image_path : str or PathLike
+            The image the tags belong to.
+        class_names : sequence of str
+            The classes a new store offers (a sidecar's own list replaces them).
+        image_size : tuple of int, optional
+            The image's level-0 (height, width), to flag tags drawn on another size.
+
+        Returns
+        -------
+        TagStore
+            The tags; ``warnings`` lists what the caller should show.
+
+        Raises
+        ------
+        InputError
+            Naming the sidecar and the problem, when it is unreadable or malformed
+            (``save`` then moves it aside as ``.bak`` rather than overwrite it).
+        """
         store = cls(Path(image_path), [], tuple(class_names), image_size)
         path = store.sidecar
         if not path.exists():
             return store
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(path, f"tag file is not readable JSON ({exc}); it will be kept "
-                             "as .bak when new tags are saved") from None
+        try:  # a BOM, UTF-16 (Windows editors) and CRLF are read as the same text
+            data = read_json(path, "tag file")
+        except InputError as exc:
+            raise InputError(path, f"{exc.problem}; it will be kept as .bak when new tags "
+                             "are saved") from None
         store._read(data)
         store._written = _stat(path)
         return store
@@ -224,36 +251,50 @@ class TagStore:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InputError(path, f'not an LPD tag file (no "format": "{FORMAT}")')
         version = data.get("version")
-        if not isinstance(version, int) or not 1 <= version <= VERSION:
+        if not _is_int(version) or not 1 <= version <= VERSION:
             raise InputError(path, f"tag file version {version!r} is not supported (this "
                              f"napari-lpd reads version {VERSION}; update it)")
         names, regions = data.get("class_names"), data.get("regions")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise InputError(path, 'tag file has no valid "class_names" list')
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
+                or len(set(names)) != len(names):
+            raise InputError(path, 'tag file has no valid "class_names" list (distinct names)')
         if not isinstance(regions, list):
             raise InputError(path, 'tag file has no "regions" list')
         self.class_names, seen = tuple(names), set()
         for i, item in enumerate(regions):
             try:
-                rid, classes, source = int(item["id"]), item["classes"], item["source"]
-                if rid in seen or isinstance(classes, str) or source not in SOURCES:
-                    raise ValueError("duplicate id, or classes/source malformed")
-                region = TagRegion(rid, self._bbox(item["bbox"]), self._classes(classes), source)
-            except (KeyError, TypeError, ValueError) as exc:
+                region = self._region(item, seen)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 why = exc.problem if isinstance(exc, InputError) else f"{type(exc).__name__} {exc}"
                 raise InputError(path, f"region {i + 1} is malformed ({why})") from None
-            seen.add(rid)
+            seen.add(region.id)
             self.regions.append(region)
         info = data.get("image") if isinstance(data.get("image"), dict) else {}
         size = (info.get("height"), info.get("width"))
         if self.image_size is not None and size != tuple(self.image_size) and None not in size:
             self.warnings.append(f"tags were drawn on an image of {size[1]}x{size[0]} px")
-        if self.image_size is None and all(isinstance(v, int) for v in size):
+        if self.image_size is None and all(_is_int(v) and v > 0 for v in size):
             self.image_size = size  # type: ignore[assignment]
         now = image_fingerprint(self.image_path)
         if now and info.get("fingerprint") and list(now) != [info.get("file_bytes"),
                                                              info.get("fingerprint")]:
             self.warnings.append("the image file changed since these tags were saved")
+
+    def _region(self, item: object, seen: set[int]) -> TagRegion:
+        """One region of a sidecar, its types checked exactly (nothing coerced: a region
+        is read as it was written, or refused)."""
+        if not isinstance(item, dict):
+            raise TypeError("not an object with id, bbox, classes, source")
+        rid, bbox, classes, source = item["id"], item["bbox"], item["classes"], item["source"]
+        if not _is_int(rid) or rid in seen:
+            raise ValueError(f"id {rid!r} is not a whole number, or is used twice")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+            raise ValueError(f"bbox {bbox!r} is not [x, y, w, h] numbers")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError(f"classes {classes!r} is not a list of class names")
+        if not isinstance(source, str) or source not in SOURCES:
+            raise ValueError(f"source {source!r} is not one of {SOURCES}")
+        return TagRegion(rid, self._bbox(bbox), self._classes(classes), source)
 
     def to_dict(self) -> dict:
         finger = image_fingerprint(self.image_path) or (None, None)
@@ -290,12 +331,22 @@ def _stat(path: Path) -> tuple | None:
 
 
 def _is_tag_file(path: Path) -> bool:
+    """Whether ``path`` holds tags ``TagStore.load`` reads (so saving over it loses
+    nothing); read as ``load`` reads it, BOM and all."""
     try:
         TagStore(path.parent / path.name[: -len(SIDECAR_SUFFIX)])._read(
-            json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError):  # InputError is a ValueError
+            read_json(path, "tag file"))
+    except ValueError:  # InputError is a ValueError
         return False
     return True
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- grid -------------------------------------------------------------------------------

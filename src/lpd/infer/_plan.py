@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lpd.data.pixels import dark_note
 from lpd.errors import InputError
 from lpd.infer._blend import AxisGrid
 from lpd.infer._reader import RegionSource, read_array
@@ -15,6 +16,7 @@ from lpd.infer.patch import FUSED_SCALES
 from lpd.infer.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 
 MPP_TOLERANCE = 0.02  # no resize when the level's mpp is within 2 % of the target
+MAX_RESIZE = 8.0  # resampling a level by more than this, either way, needs allow_resample
 SAMPLES_PER_TILE = 4  # tissue view: at least this many pixels along a tile side
 
 
@@ -80,6 +82,9 @@ class TilePlan:
             "resize": self.resize, "target_mpp": self.target_mpp, "slide_mpp": self.slide_mpp,
             "region": list(self.region), "input_size": self.input_size, "halo": self.halo,
             "notes": list(self.notes),
+            # level-0 (height, width) of the slide: exports clip to it (lpd.io.export)
+            "image_size": ([int(v) for v in self.levels[0].shape[:2]]  # type: ignore[attr-defined]
+                           if self.levels else None),
         }
 
 
@@ -92,8 +97,36 @@ def plan_tiled(
     target_mpp: float | None = None,
     mpp: float | None = None,
     halo: int = 32,
+    allow_resample: bool = False,
 ) -> TilePlan:
-    """Choose level, resize and output grid (see ``lpd.infer.tiled``)."""
+    """Choose level, resize and output grid (see ``lpd.infer.tiled``).
+
+    Parameters
+    ----------
+    model : LPDModel
+        The model (its input size, strides and training microns per pixel).
+    image : Slide or array-like
+        A slide, or an ``(H, W, 3) uint8`` array-like.
+    region, level, target_mpp, mpp, halo
+        As for ``lpd.infer.tiled.predict_tiled``.
+    allow_resample : bool
+        Resample the chosen level even by more than ``MAX_RESIZE`` times either way (which
+        usually means a wrong microns per pixel).
+
+    Returns
+    -------
+    TilePlan
+        Its ``notes`` hold what the user should know: the slide's notes (an implausible
+        microns per pixel), a nearly black image, an unmatched magnification.
+
+    Raises
+    ------
+    InputError
+        A bad region, level, halo or microns per pixel, or a resampling factor beyond
+        ``MAX_RESIZE`` without ``allow_resample``.
+    """
+    from lpd.data.slide import mpp_note
+
     cfg = model.config  # type: ignore[attr-defined]
     levels, downsamples, slide_mpp, name = _pyramid(image, mpp)
     size = int(cfg.input_size)
@@ -107,7 +140,9 @@ def plan_tiled(
                          f"stride) below {size // 2}, got {halo}")
     h0, w0 = _check_level(levels[0], name, 0)
     x, y, w, h = _region(region, (h0, w0), name)
-    notes: list[str] = []
+    notes: list[str] = [str(n) for n in (getattr(image, "metadata", None) or {}).get("notes", [])]
+    if mpp is not None and slide_mpp is not None and mpp_note(slide_mpp, "override"):
+        notes.append(mpp_note(slide_mpp, "override"))  # type: ignore[arg-type]
     if region is not None and tuple(int(v) for v in region) != (x, y, w, h):
         notes.append(f"region {tuple(region)} clipped to the image: {(x, y, w, h)}")
     model_mpp = cfg.microns_per_pixel
@@ -135,9 +170,21 @@ def plan_tiled(
         resize = slide_mpp * d / target
         if abs(resize - 1.0) <= MPP_TOLERANCE:
             resize = 1.0
+        if not 1.0 / MAX_RESIZE <= resize <= MAX_RESIZE:
+            how = f"{'enlarging' if resize > 1 else 'shrinking'} it {max(resize, 1 / resize):.3g}x"
+            if not allow_resample:
+                raise InputError(name, f"level {chosen} is {slide_mpp * d:.3g} µm/px and the "
+                                 f"model works at {target:.3g} µm/px: that means {how}, more "
+                                 f"than {MAX_RESIZE:g}x, which usually means a wrong microns "
+                                 "per pixel. Give the slide's with --mpp (mpp= in Python), "
+                                 "or confirm with --allow-resample (allow_resample=True)")
+            notes.append(f"level {chosen} resampled beyond {MAX_RESIZE:g}x ({how}), as asked")
         elif resize > 1.0:
             notes.append(f"level {chosen} ({slide_mpp * d:.3g} µm/px) is coarser than the "
                          f"target {target:.3g} µm/px: enlarged {resize:.3g}x")
+    dark = dark_note_of(levels)
+    if dark:
+        notes.append(dark)
     hl, wl = _check_level(levels[chosen], name, chosen)
     tile = size - 2 * int(halo)
     # the level's output grid, and the region on it: corner back to the tile grid
@@ -215,6 +262,33 @@ def slide_saturation(levels: Sequence[object], max_side: int = 1024) -> float:
     h, w = int(arr.shape[0]), int(arr.shape[1])  # type: ignore[attr-defined]
     step = max(1, math.ceil(max(h, w) / max_side))
     return saturation_threshold(read_array(arr, slice(0, h, step), slice(0, w, step)))
+
+
+def dark_note_of(levels: Sequence[object], side: int = 1024) -> str | None:
+    """``lpd.data.pixels.dark_note`` of the coarsest level (read with a stride when it is
+    small, else a central window of ``side`` px: a few chunks, never the whole level).
+
+    Parameters
+    ----------
+    levels : sequence of array-like
+        ``(H, W, 3) uint8`` pyramid levels, finest first.
+    side : int
+        Pixels a side of what is read.
+
+    Returns
+    -------
+    str or None
+        The note, or None when the image is not nearly black.
+    """
+    arr = levels[-1]
+    h, w = int(arr.shape[0]), int(arr.shape[1])  # type: ignore[attr-defined]
+    if isinstance(arr, np.ndarray) or h * w <= 4 * side * side:
+        step = max(1, math.ceil(max(h, w) / side))
+        view = read_array(arr, slice(0, h, step), slice(0, w, step))
+    else:
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        view = read_array(arr, slice(y0, y0 + side), slice(x0, x0 + side))
+    return dark_note(view)
 
 
 def _pyramid(image: object, mpp: float | None) -> tuple[list, list[float], float | None, str | None]:

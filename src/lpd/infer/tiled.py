@@ -136,6 +136,7 @@ def predict_tiled(
     keep_scores: bool = False,
     amp: bool = True,
     roi: Sequence[Sequence[float]] | np.ndarray | None = None,
+    allow_resample: bool = False,
 ) -> Generator[TiledProgress, None, TiledResult]:
     """Segment ``region`` (x, y, w, h in level-0 px; None = all) of ``image`` (an (H, W, 3)
     uint8 array-like or a Slide); see the module docstring. ``mpp``: the image's level-0
@@ -147,7 +148,8 @@ def predict_tiled(
     of the tile; default about 512 px). ``keep_scores`` returns the blended
     score maps too (tests, small regions). ``roi``: a polygon, (N, 2) vertices (x, y) in
     level-0 px (e.g. a QuPath or napari annotation): pixels outside it get label 0 and
-    tiles outside it are not computed (``region`` should be its bounding box)."""
+    tiles outside it are not computed (``region`` should be its bounding box).
+    ``allow_resample``: resample by more than 8x, else refused (``plan_tiled``)."""
     if batch_size < 1:
         raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
     if protocol not in ("predicted", "oracle"):
@@ -159,7 +161,7 @@ def predict_tiled(
         raise InputError(None, f"presence needs {cfg.num_classes} values (one per class), "
                          f"got {len(presence)}")
     plan = plan_tiled(model, image, region=region, level=level, target_mpp=target_mpp,
-                      mpp=mpp, halo=halo)
+                      mpp=mpp, halo=halo, allow_resample=allow_resample)
     dev = resolve_device(None if device is None else str(device))
     gy, gx = plan.axis_grids()
     ty, tx = gy.count, gx.count

@@ -4,7 +4,12 @@ and the package version. Written atomically; loading never unpickles anything.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +19,9 @@ from safetensors.torch import save as safetensors_bytes
 
 import lpd
 from lpd._atomic import atomic_write_bytes
+from lpd._userfile import loads
 from lpd.config import ModelConfig
-from lpd.errors import CheckpointError
+from lpd.errors import CheckpointError, InputError
 from lpd.model.lpd_model import LPDModel
 
 FORMAT = "lpd-checkpoint"
@@ -64,7 +70,30 @@ def save_checkpoint(
 
 
 def read_checkpoint_metadata(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """The model config and the ``extra`` dict of a checkpoint, without loading weights."""
+    """The model config and the ``extra`` dict of a checkpoint, without loading weights.
+
+    The JSON in the metadata is read tolerantly (a byte-order mark is ignored) and the
+    config is checked field by field against ``ModelConfig``'s types, so a hand-edited or
+    foreign checkpoint is refused here, naming the file, not later with a crash.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.safetensors`` file.
+
+    Returns
+    -------
+    ModelConfig
+        The model it holds.
+    dict
+        The ``extra`` facts kept with it (``{}`` when there are none).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file: missing, pickled, not safetensors, not an LPD checkpoint, or
+        with a config that is not JSON, holds unknown settings or values of the wrong type.
+    """
     path = _check_file(Path(path))
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -73,12 +102,82 @@ def read_checkpoint_metadata(path: str | Path) -> tuple[ModelConfig, dict[str, A
         raise CheckpointError(path, f"not a readable safetensors checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(path, "a safetensors file, but not an LPD checkpoint")
+    if "config" not in meta:
+        raise CheckpointError(path, "damaged checkpoint: no model config in its metadata")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]), str(path))
-        extra = json.loads(meta.get("extra", "{}"))
-    except (KeyError, json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(path, f"damaged checkpoint config ({exc})") from None
+        raw = loads(meta["config"], path, "checkpoint's model config")
+        extra = loads(meta.get("extra") or "{}", path, "checkpoint's extra metadata")
+        if not isinstance(extra, dict):
+            raise InputError(path, "the checkpoint's extra metadata is not a JSON object")
+        config = ModelConfig.from_dict(raw, str(path))
+        check_config(config, path)
+    except InputError as exc:  # one line, whatever names the metadata holds
+        problem = exc.problem.replace("\r", "\\r").replace("\n", "\\n")
+        raise CheckpointError(path, f"damaged checkpoint config: {problem}") from None
+    except (KeyError, TypeError, ValueError) as exc:  # what ModelConfig itself may raise
+        raise CheckpointError(path, f"damaged checkpoint config ({exc!r})") from None
     return config, extra
+
+
+def check_config(config: ModelConfig, path: str | Path | None = None) -> None:
+    """Check every field of a model config against its declared type.
+
+    Whole numbers must be positive, floats finite, tuples of the declared length; class
+    names distinct, colours RGB (0..255).
+
+    Parameters
+    ----------
+    config : ModelConfig
+        The config, e.g. as ``ModelConfig.from_dict`` made it from a file.
+    path : str or Path, optional
+        The file it came from, named in the error.
+
+    Raises
+    ------
+    InputError
+        Naming ``path`` and the first field that does not fit.
+    """
+    hints = typing.get_type_hints(ModelConfig)
+    for f in dataclasses.fields(ModelConfig):
+        value = getattr(config, f.name)
+        # a whole-number setting is a count or a size: positive
+        if not _fits(value, hints[f.name]) or (type(value) is int and value <= 0):
+            raise InputError(path, f"setting {f.name}={value!r} is not a {hints[f.name]} "
+                             "(whole numbers positive, numbers finite)")
+    names, colours = config.class_names, config.class_colours
+    if not names or len(set(names)) != len(names):
+        raise InputError(path, f"class_names {list(names)} must be distinct, at least one")
+    # not their count: create_model(class_names=...) keeps the default four colours
+    if not all(0 <= v <= 255 for c in colours for v in c):
+        raise InputError(path, "class_colours must be RGB colours (0..255)")
+    if config.microns_per_pixel is not None and config.microns_per_pixel <= 0:
+        raise InputError(path, f"microns_per_pixel {config.microns_per_pixel} must be positive")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the type ``hint`` (ModelConfig's: plain types, optionals and
+    tuples); bool is not a number here. Types this does not know are accepted."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if hint is str:
+        return isinstance(value, str)
+    return True
 
 
 def load_checkpoint(
@@ -131,10 +230,15 @@ def _check_file(path: Path) -> Path:
     if not path.is_file():
         raise CheckpointError(path, "not a file")
     with open(path, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(9)
+        size = os.fstat(fh.fileno()).st_size
     if not head:
         raise CheckpointError(path, "empty file (0 bytes)")
-    if head.startswith(_PICKLE_MAGIC):
+    # a safetensors header (u64 length, then JSON) may begin like a pickle: a header of
+    # 640, 896, 1152 or 1408 bytes starts b"\x80\x02".. b"\x80\x05"
+    header = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    safetensors_like = head[8:9] == b"{" and 0 < header <= size - 8
+    if head.startswith(_PICKLE_MAGIC) and not safetensors_like:
         raise CheckpointError(
             path,
             "a pickled PyTorch file; only safetensors checkpoints are loaded, because "

@@ -1,10 +1,10 @@
 """Exports of a prediction store: pyramidal label TIFF, QuPath GeoJSON, per-class area CSV.
 
 Every export reads the store chunk by chunk (or band by band) and writes atomically.
-- TIFF: BigTIFF, tiled (256 px), deflate-compressed, uint8 labels; levels 1.. of the store's
-  pyramid as SubIFDs; the class table (value, name, colour), mpp, offset and scale in the
-  first page's JSON ImageDescription; resolution tags in pixels per centimetre when the mpp
-  is known.
+- TIFF: BigTIFF, tiled (256 px), deflate-compressed, uint8 labels as a palette image (the
+  class colours in the TIFF colour map); levels 1.. of the store's pyramid as SubIFDs; the
+  class table (value, name, colour), mpp, offset and scale in the first page's JSON
+  ImageDescription; resolution tags in pixels per centimetre when the mpp is known.
 - GeoJSON: a FeatureCollection, one feature per connected polygon (holes included), with
   ``properties = {"objectType": "annotation", "classification": {"name", "color"}}`` as
   QuPath reads it, coordinates in level-0 slide pixels. Polygons are traced with marching
@@ -14,6 +14,8 @@ Every export reads the store chunk by chunk (or band by band) and writes atomica
   Memory grows with the number of polygon vertices, not the slide: by default the finest
   store level with at most ``max_pixels`` pixels is traced (a coarser level for huge
   stores: fewer, coarser vertices), and polygons are simplified by ``simplify`` pixels.
+  Polygons are clipped to the store's extent (``store_extent``): no coordinate lies past
+  the slide's edge, whatever level was traced.
 - CSV: per class pixel count, area in µm² (empty, with a note, when the mpp is unknown),
   % of tissue (classes 1..C) and % of the analysed region (background included)."""
 
@@ -50,7 +52,9 @@ def _store(store: OutputStore | str | Path, allow_incomplete: bool) -> OutputSto
 
 def class_table(store: OutputStore) -> list[dict]:
     rows = [{"value": 0, "name": "background", "colour": [0, 0, 0]}]
-    for i, (name, colour) in enumerate(zip(store.class_names, store.class_colours, strict=True)):
+    names = store.class_names  # a model made with fewer classes may keep more colours
+    for i, (name, colour) in enumerate(zip(names, store.class_colours[: len(names)],
+                                           strict=True)):
         rows.append({"value": i + 1, "name": name, "colour": list(colour)})
     return rows
 
@@ -59,7 +63,33 @@ def class_table(store: OutputStore) -> list[dict]:
 def export_tiff(
     store: OutputStore | str | Path, path: str | Path, *, allow_incomplete: bool = False
 ) -> Path:
-    """Pyramidal, tiled, compressed label TIFF (see the module docstring)."""
+    """Pyramidal, tiled, compressed label TIFF (see the module docstring).
+
+    Every page is a palette (indexed colour) image: the pixel values are the labels, and
+    the TIFF colour map (``tiff_colormap``) shows them in the class colours in viewers that
+    apply it (QuPath exports its own label masks this way); readers that do not, tifffile
+    and napari-lpd among them, see the labels. The description is our JSON only, so
+    tifffile reads the file without a warning.
+
+    Parameters
+    ----------
+    store : OutputStore or str or Path
+        The prediction store (or its folder).
+    path : str or Path
+        The ``.tif`` to write (atomically).
+    allow_incomplete : bool
+        Export an interrupted prediction as it is.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        When the store cannot be opened, or is incomplete and not allowed to be.
+    """
     import tifffile
 
     st = _store(store, allow_incomplete)
@@ -68,13 +98,14 @@ def export_tiff(
         "lpd": "labels", "classes": class_table(st), "mpp": st.mpp, "scale": st.scale,
         "offset": {"x": st.offset[0], "y": st.offset[1]}, "complete": st.complete,
     }
+    colormap = tiff_colormap(st)
     levels = st.n_levels
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for lv in range(levels):
             arr = st.level(lv)
             options: dict = {
                 "shape": tuple(arr.shape), "dtype": np.uint8, "tile": (TIFF_TILE, TIFF_TILE),
-                "compression": "zlib", "photometric": "minisblack",
+                "compression": "zlib", "photometric": "palette", "colormap": colormap,
             }
             if st.mpp:
                 per_cm = 1e4 / (st.mpp * 2**lv)
@@ -87,6 +118,25 @@ def export_tiff(
                 options.update(subfiletype=1, metadata=None)
             tif.write(_tiff_tiles(arr), **options)
     return path
+
+
+def tiff_colormap(store: OutputStore) -> np.ndarray:
+    """The TIFF colour map of a label export: class colours, background and unused black.
+
+    Parameters
+    ----------
+    store : OutputStore
+        The prediction store whose class colours are used.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint16 (3, 256): red, green, blue of each label value, 0..65535 as TIFF wants.
+    """
+    colormap = np.zeros((3, 256), np.uint16)
+    for row in class_table(store):
+        colormap[:, row["value"]] = np.asarray(row["colour"], np.uint16) * 257
+    return colormap
 
 
 def _tiff_tiles(arr) -> Iterator[np.ndarray]:
@@ -163,7 +213,34 @@ def export_geojson(
     max_pixels: int = MAX_PIXELS,
     allow_incomplete: bool = False,
 ) -> Path:
-    """QuPath-compatible FeatureCollection of class polygons in level-0 slide pixels."""
+    """QuPath-compatible FeatureCollection of class polygons in level-0 slide pixels.
+
+    Parameters
+    ----------
+    store : OutputStore or str or Path
+        The prediction store (or its folder).
+    path : str or Path
+        The ``.geojson`` to write (atomically).
+    level : int, optional
+        The store level to trace; default: the finest with at most ``max_pixels`` pixels.
+    simplify : float
+        Douglas-Peucker tolerance in traced pixels (0: none), topology preserved.
+    max_pixels : int
+        Size limit of the level traced by default.
+    allow_incomplete : bool
+        Export an interrupted prediction as it is.
+
+    Returns
+    -------
+    Path
+        ``path``. Every coordinate lies within ``store_extent(store)``.
+
+    Raises
+    ------
+    InputError
+        When the store cannot be opened, is incomplete and not allowed to be, or
+        ``level`` does not exist.
+    """
     st = _store(store, allow_incomplete)
     if level is None:
         level = next((lv for lv in range(st.n_levels)
@@ -171,6 +248,7 @@ def export_geojson(
     if not 0 <= level < st.n_levels:
         raise InputError(st.path, f"level {level} does not exist (0..{st.n_levels - 1})")
     per_class = class_polygons(st, level)
+    extent = box(*store_extent(st))
     factor = st.scale * 2**level
     ox, oy = st.offset
     path = Path(path)
@@ -181,6 +259,7 @@ def export_geojson(
             if simplify > 0:
                 geom = geom.simplify(simplify, preserve_topology=True)
             geom = shapely.transform(geom, lambda xy: xy * factor + np.array([ox, oy]))
+            geom = shapely.intersection(geom, extent)  # a coarse level's last pixel overhangs
             name = st.class_names[value - 1]
             colour = list(st.class_colours[value - 1])
             for poly in _polygons(geom):
@@ -196,6 +275,36 @@ def export_geojson(
                 first = False
         fh.write("\n]}\n")
     return path
+
+
+def store_extent(store: OutputStore) -> tuple[float, float, float, float]:
+    """The area a store's labels cover, in level-0 slide pixels.
+
+    The store's level 0 (``offset + shape * scale``), cut to the slide when the store
+    records its size (``info["image_size"]``, written by tiled inference): a resampled
+    grid's last pixel may reach past the slide's edge, and a coarser level's last pixel
+    past level 0's (odd sizes halve rounding up).
+
+    Parameters
+    ----------
+    store : OutputStore
+        The prediction store.
+
+    Returns
+    -------
+    tuple of float
+        ``(xmin, ymin, xmax, ymax)``.
+    """
+    ox, oy = store.offset
+    h, w = store.shape
+    x0, y0, x1, y1 = ox, oy, ox + w * store.scale, oy + h * store.scale
+    info = store.meta.get("info")
+    size = info.get("image_size") if isinstance(info, dict) else None
+    if (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        x0, y0 = max(x0, 0.0), max(y0, 0.0)
+        x1, y1 = max(x0, min(x1, float(size[1]))), max(y0, min(y1, float(size[0])))
+    return x0, y0, x1, y1
 
 
 def class_polygons(store: OutputStore, level: int = 0) -> dict[int, shapely.Geometry]:

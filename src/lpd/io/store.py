@@ -139,20 +139,61 @@ class OutputStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> OutputStore:
-        """Open an existing store (``mode="r+"`` to resume writing)."""
+        """Open an existing store.
+
+        Its metadata (``zarr.json``, read by zarr: a byte-order mark or UTF-16 is fine) is
+        checked key by key, and a complete store's label levels against it, so a store
+        edited by hand or damaged is refused here rather than failing later.
+
+        Parameters
+        ----------
+        path : str or Path
+            The ``.zarr`` folder.
+        mode : str
+            ``"r"`` to read, ``"r+"`` to resume writing.
+
+        Returns
+        -------
+        OutputStore
+            The store.
+
+        Raises
+        ------
+        InputError
+            Naming the store: missing, not zarr, not ours, from a newer lpd, or with
+            metadata of the wrong shape or type.
+        """
         path = Path(path)
         if not path.exists():
             raise InputError(path, "prediction store not found")
         try:
             group = zarr.open_group(str(path), mode=mode)
-            meta = dict(group.attrs.get("lpd", {}))
+            meta = group.attrs.get("lpd", {})
         except Exception as exc:
             raise InputError(path, f"not a readable zarr store ({exc})") from None
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise InputError(path, "a zarr store, but not an lpd prediction store")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        version = meta.get("format_version")
+        if not _whole(version, 1):
+            raise InputError(path, f"format_version {version!r} is not a whole number >= 1")
+        if version > FORMAT_VERSION:
             raise InputError(path, "written by a newer lpd; upgrade to read it")
-        return cls(path, group)
+        check_meta(path, meta)
+        store = cls(path, group, dict(meta))
+        if store.complete:
+            store._check_levels()
+        return store
+
+    def _check_levels(self) -> None:
+        """Every level the metadata promises exists, with the pyramid's shape."""
+        for lv, expected in enumerate(pyramid_shapes(self.shape, self.chunk)[: self.n_levels]):
+            try:
+                shape = tuple(self.group[f"labels/{lv}"].shape)
+            except Exception:  # missing or unreadable array metadata
+                shape = None
+            if shape != expected:
+                raise InputError(self.path, f"labels level {lv} is {shape or 'missing'}, "
+                                 f"{expected} expected: the store is damaged")
 
     # ---- properties -----------------------------------------------------------------
     @property
@@ -384,6 +425,81 @@ class OutputStore:
                     ]}],
                 }],
             }
+
+
+def check_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Check a store's ``lpd`` metadata: every key the store reads, of the right type.
+
+    Keys this version does not know are kept and ignored (a newer minor addition);
+    ``fingerprint``, ``info``, ``prototypes`` and ``passes`` may be missing.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store, named in the error.
+    meta : dict
+        The ``lpd`` attribute of its root group.
+
+    Raises
+    ------
+    InputError
+        Naming the store and the first key that is missing or wrong.
+    """
+    def bad(key: str, want: str) -> InputError:
+        shown = repr(meta.get(key, "missing"))[:80]
+        return InputError(path, f"damaged store metadata: {key} is {shown}, expected {want}")
+
+    if not isinstance(meta.get("complete"), bool):
+        raise bad("complete", "true or false")
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_whole(v, 1) for v in shape)):
+        raise bad("shape", "[height, width] in pixels")
+    for key in ("tile", "chunk", "levels"):
+        if not _whole(meta.get(key), 1):
+            raise bad(key, "a whole number >= 1")
+    if meta["chunk"] % meta["tile"]:
+        raise bad("chunk", f"a multiple of the tile ({meta['tile']})")
+    if meta["levels"] > len(pyramid_shapes(tuple(shape), meta["chunk"])):
+        raise bad("levels", "at most the pyramid's levels")
+    names, colours = meta.get("class_names"), meta.get("class_colours")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+            and len(set(names)) == len(names)):
+        raise bad("class_names", "a list of distinct names")
+    if not (isinstance(colours, list) and len(colours) >= len(names) and all(
+            isinstance(c, list) and len(c) == 3 and all(_whole(v, 0, 255) for v in c)
+            for c in colours)):
+        raise bad("class_colours", "an [r, g, b] (0..255) for every class")
+    mpp = meta.get("mpp", "missing")
+    if mpp is not None and not _positive(mpp):
+        raise bad("mpp", "a positive number or null")
+    if not _positive(meta.get("scale")):
+        raise bad("scale", "a positive number")
+    offset = meta.get("offset")
+    if not (isinstance(offset, dict) and all(_number(offset.get(k)) for k in ("x", "y"))):
+        raise bad("offset", '{"x": number, "y": number}')
+    protos = meta.get("prototypes")
+    if protos is not None and not (
+            isinstance(protos, dict) and _whole(protos.get("count"), 1)
+            and _positive(protos.get("stride")) and isinstance(protos.get("names"), list)
+            and len(protos["names"]) == protos["count"]):
+        raise bad("prototypes", 'null or {"count", "stride", "names"}')
+    for key in ("fingerprint", "info"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise bad(key, "an object")
+    if not _whole(meta.get("passes", 0), 0):
+        raise bad("passes", "a whole number >= 0")
+
+
+def _whole(value: Any, low: int, high: float = math.inf) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
 
 
 def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
