@@ -90,4 +90,27 @@ def test_sweep_table_gives_differences_to_the_recipe() -> None:
                 "releases": {"nct": {"summary": {"predicted": cell, "oracle": cell}}}}
 
     table = format_sweep([report("recipe", 0.30), report("no_div", 0.35)])
-    assert "| no_div | 1 | 0.350 ± 0.010 | 0.350 ± 0.010 | +0.050 |" in table
+    assert "| no_div | 1 | 0.350 ± 0.010 | 0.350 ± 0.010 | +0.050 | +0.050 | no |" in table
+
+
+def test_a_lever_wins_only_beyond_two_std_with_three_seeds_on_every_release() -> None:
+    from lpd.bench.loro import lever_verdict, merge_by_lever
+
+    def report(lever, release, value, std, seeds):
+        cell = {"mIoU": {"mean": value, "std": std}}
+        return {"lever": lever, "settings": {"seeds": seeds},
+                "releases": {release: {"summary": {"predicted": cell, "oracle": cell},
+                                       "runs": [{}] * seeds}}}
+
+    base, lever = merge_by_lever([report("recipe", "nct", 0.30, 0.01, 3),
+                                  report("recipe", "k", 0.30, 0.01, 3),
+                                  report("x", "nct", 0.35, 0.02, 3),
+                                  report("x", "k", 0.33, 0.01, 3)])
+    assert set(lever["releases"]) == {"nct", "k"}
+    verdict = lever_verdict(lever, base, ["nct", "k"])
+    assert verdict["wins"] and verdict["min_diff"] == pytest.approx(0.03)
+    close, _ = merge_by_lever([report("x", "nct", 0.35, 0.02, 3),
+                               report("x", "k", 0.315, 0.01, 3)])[0], None
+    assert not lever_verdict(close, base, ["nct", "k"])["wins"]  # 0.015 < 2 x 0.01
+    few = merge_by_lever([report("x", "nct", 0.40, 0.0, 1), report("x", "k", 0.40, 0.0, 1)])
+    assert not lever_verdict(few[0], base, ["nct", "k"])["wins"]  # one seed never wins

@@ -271,10 +271,53 @@ def format_loro(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_by_lever(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One report per lever: runs of the same lever on different held-out releases (e.g.
+    one process per release) merged, in first-seen order."""
+    merged: dict[str, dict[str, Any]] = {}
+    for rep in reports:
+        if rep["lever"] not in merged:
+            merged[rep["lever"]] = {**rep, "releases": dict(rep["releases"])}
+        else:
+            merged[rep["lever"]]["releases"].update(rep["releases"])
+    return list(merged.values())
+
+
+MIN_SEEDS_TO_WIN = 3
+
+
+def lever_verdict(rep: dict[str, Any], base: dict[str, Any] | None,
+                  releases: list[str]) -> dict[str, Any]:
+    """How a lever compares with the recipe on the predicted protocol: per release the
+    difference of means and twice the larger std; ``min_diff`` (the worse release) and
+    ``wins`` — as ``lpd.bench.report`` decides a win: the difference exceeds twice the
+    larger std, with at least ``MIN_SEEDS_TO_WIN`` seeds each, on every release given."""
+    out: dict[str, Any] = {"per_release": {}, "min_diff": None, "wins": False}
+    if base is None or rep is base:
+        return out
+    diffs, wins = [], []
+    for r in releases:
+        a, b = rep["releases"].get(r), base["releases"].get(r)
+        if a is None or b is None or "mIoU" not in a["summary"]["predicted"]:
+            wins.append(False)
+            continue
+        ma, mb = a["summary"]["predicted"]["mIoU"], b["summary"]["predicted"]["mIoU"]
+        diff, two_std = ma["mean"] - mb["mean"], 2 * max(ma["std"], mb["std"])
+        seeds = min(len(a.get("runs", ())), len(b.get("runs", ())))
+        out["per_release"][r] = {"diff": diff, "two_std": two_std, "seeds": seeds}
+        diffs.append(diff)
+        wins.append(diff > two_std and seeds >= MIN_SEEDS_TO_WIN)
+    out["min_diff"] = min(diffs) if diffs else None
+    out["wins"] = bool(wins) and all(wins)
+    return out
+
+
 def format_sweep(reports: list[dict[str, Any]]) -> str:
     """A markdown table of a lever sweep: one row per lever, per held-out release the
     predicted and oracle mIoU (mean ± std over seeds) and the predicted difference to
-    the ``recipe`` lever's."""
+    the ``recipe`` lever's; then the worse release's difference and the verdict
+    (``lever_verdict``)."""
+    reports = merge_by_lever(reports)
     releases = sorted({r for rep in reports for r in rep["releases"]})
     base = next((rep for rep in reports if rep["lever"] == "recipe"), None)
 
@@ -286,8 +329,9 @@ def format_sweep(reports: list[dict[str, Any]]) -> str:
         return m["mean"], m["std"]
 
     head = "| lever | seeds | " + " | ".join(
-        f"{r} predicted | {r} oracle | {r} Δ predicted" for r in releases) + " |"
-    lines = [head, "|---|---|" + "---|---|---|" * len(releases)]
+        f"{r} predicted | {r} oracle | {r} Δ predicted" for r in releases) + \
+        " | worse Δ | wins |"
+    lines = [head, "|---|---|" + "---|---|---|" * len(releases) + "---|---|"]
     for rep in reports:
         parts = []
         for r in releases:
@@ -296,6 +340,9 @@ def format_sweep(reports: list[dict[str, Any]]) -> str:
             parts.append("–" if p is None else f"{p[0]:.3f} ± {p[1]:.3f}")
             parts.append("–" if o is None else f"{o[0]:.3f} ± {o[1]:.3f}")
             parts.append("–" if p is None or b is None else f"{p[0] - b[0]:+.3f}")
+        verdict = lever_verdict(rep, base, releases)
+        worse = "–" if verdict["min_diff"] is None else f"{verdict['min_diff']:+.3f}"
+        mark = "–" if rep is base else ("yes" if verdict["wins"] else "no")
         lines.append(f"| {rep['lever']} | {rep['settings']['seeds']} | " + " | ".join(parts)
-                     + " |")
+                     + f" | {worse} | {mark} |")
     return "\n".join(lines) + "\n"
