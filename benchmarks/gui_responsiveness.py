@@ -38,7 +38,7 @@ def cli_run(checkpoint: Path, slide_path: Path, out: Path) -> dict:
     from lpd.data.slide import open_slide
     from lpd.infer.tiled import run_tiled
     from lpd.io.checkpoint import load_checkpoint
-    from napari_lpd.widgets._segment_job import halo_for
+    from napari_lpd._segment_job import halo_for
 
     model = load_checkpoint(checkpoint)
     with open_slide(slide_path) as slide:

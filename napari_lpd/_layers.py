@@ -10,9 +10,11 @@ scale * factor - 0.5)``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
+from napari_lpd._metadata import LayerMeta
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -87,9 +90,9 @@ def units_of(mpp: float | None) -> tuple[str, str]:
 def layer_mpp(layer: Any) -> float | None:
     """Microns per level-0 pixel of an image layer: our reader's metadata, else its scale
     when its units are a length (napari's default unit, pixel, gives None)."""
-    meta = getattr(layer, "metadata", {}) or {}
-    if meta.get("lpd_mpp"):
-        return float(meta["lpd_mpp"])
+    mpp = LayerMeta.from_layer(layer).mpp
+    if mpp:
+        return float(mpp)
     try:
         unit = layer.units[-1]
         factor = float((1 * unit).to("micrometer").magnitude)
@@ -180,9 +183,8 @@ def image_source(layer: Any) -> tuple[Any, float | None, str]:
     """What ``predict_tiled`` reads for an image layer, its µm/px and a key naming it.
     A layer from our reader names its file (reopened in the worker, so napari's and the
     worker's reads never share a file handle); otherwise the layer's arrays are used."""
-    meta = getattr(layer, "metadata", {}) or {}
     mpp = layer_mpp(layer)
-    path = meta.get("lpd_path")
+    path = LayerMeta.from_layer(layer).path
     if path and Path(path).is_file():
         stat = Path(path).stat()
         return Path(path), mpp, f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
@@ -214,8 +216,8 @@ def slide_layer(slide: Any, name: str | None = None) -> LayerData:
         "multiscale": len(levels) > 1,
         "scale": (unit, unit),
         "units": units_of(mpp),
-        "metadata": {"lpd_path": str(slide.path), "lpd_mpp": mpp,
-                     "lpd_mpp_source": slide.mpp_source},
+        "metadata": LayerMeta(path=str(slide.path), mpp=mpp,
+                              mpp_source=slide.mpp_source).to_metadata(),
     }
     return (levels if len(levels) > 1 else levels[0]), meta, "image"
 
@@ -249,8 +251,8 @@ def store_labels_layer(
         "colormap": class_colormap(store.class_colours),
         "opacity": LABELS_OPACITY,
         "multiscale": isinstance(data, list),
-        "metadata": {"lpd_store": str(store.path), "lpd_complete": bool(store.complete),
-                     "lpd_class_names": list(store.class_names)},
+        "metadata": LayerMeta(store=str(store.path), complete=bool(store.complete),
+                              class_names=list(store.class_names)).to_metadata(),
     }
     return data, meta, "labels"
 
@@ -301,26 +303,50 @@ def remove_layers(viewer: Any, names: Sequence[str]) -> None:
             viewer.layers.remove(layer)
 
 
-# ---- small pure helpers -----------------------------------------------------------------
-def dominant_prototype(labels: np.ndarray, protos: np.ndarray, k: int) -> np.ndarray:
-    """Per cell, 1 + the index of the strongest of the k prototypes of the cell's class
-    (labels 1..C, class-major prototype rows); 0 where the label is background."""
-    out = np.zeros(labels.shape, np.uint8)
-    for c in range(1, protos.shape[0] // k + 1):
-        mask = labels == c
-        if mask.any():
-            out[mask] = np.argmax(protos[(c - 1) * k : c * k][:, mask], axis=0) + 1
-    return out
+# ---- image files ------------------------------------------------------------------------
+@dataclass
+class TaggedImage:
+    """An image layer read from a file, as the tag annotator and fine-tuning use it."""
+
+    layer: Any  # napari.layers.Image
+    path: Path  # the image file (its tags: lpd.data.tags.sidecar_path(path))
+    size: tuple[int, int]  # level-0 (height, width)
+    mpp: float | None
 
 
-def labels_at_cells(store: Any, stride: float, cells: tuple[int, int]) -> np.ndarray:
-    """The store's labels sampled at the centres of the prototype cells (from the finest
-    pyramid level no coarser than one cell, so a whole slide is not read)."""
-    level = 0
-    while level + 1 < store.n_levels and 2 ** (level + 1) <= stride:
-        level += 1
-    arr = store.level(level)
-    f = 2**level
-    rows = np.minimum(((np.arange(cells[0]) + 0.5) * stride / f).astype(int), arr.shape[0] - 1)
-    cols = np.minimum(((np.arange(cells[1]) + 0.5) * stride / f).astype(int), arr.shape[1] - 1)
-    return np.asarray(arr.get_orthogonal_selection((rows, cols)))
+def layer_file(layer: Any) -> Path | None:
+    """The file a layer came from: our reader's ``lpd_path``, else ``layer.source.path``."""
+    path = LayerMeta.from_layer(layer).path or getattr(
+        getattr(layer, "source", None), "path", None)
+    return Path(path) if path else None
+
+
+def tagged_image(layer: Any) -> TaggedImage | None:
+    """The image layer with its file, level-0 size and µm/px; None for another layer or an
+    image not read from a file (it has nowhere to keep tags)."""
+    from napari.layers import Image
+
+    path = layer_file(layer) if isinstance(layer, Image) else None
+    return path and TaggedImage(layer, path, image_shape(layer), image_source(layer)[1])
+
+
+@contextlib.contextmanager
+def opened_pixels(layer: Any) -> Iterator[tuple[Any, float | None]]:
+    """(image for lpd, µm/px): our reader's slide file reopened lazily (never napari's
+    file handle; closed at the end), else the layer's own arrays."""
+    image, mpp, _ = image_source(layer)
+    if isinstance(image, Path):
+        from lpd.data.slide import open_slide
+
+        with open_slide(image, mpp=mpp) as pixels:
+            yield pixels, mpp
+    else:
+        yield image, mpp
+
+
+def view_region(layer: Any) -> tuple[int, int, int, int] | None:
+    """The visible part of a layer (x, y, w, h, level-0 px); None: unknown (whole image)."""
+    try:
+        return visible_region(layer)
+    except (ValueError, IndexError):  # visible_region fails on RGB
+        return None

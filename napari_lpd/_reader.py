@@ -25,6 +25,7 @@ from napari_lpd._layers import (
     store_labels_layer,
     units_of,
 )
+from napari_lpd._metadata import LayerMeta
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".png", ".jpg", ".jpeg")
 #: ``"lpd": "labels"`` in the JSON description marks a label TIFF of lpd.io.export.
@@ -166,7 +167,7 @@ def _read_labels_tiff(path: Path) -> LayerData | None:
         "multiscale": isinstance(data, list) and len(data) > 1,
         "colormap": colormap,
         "opacity": LABELS_OPACITY,
-        "metadata": {"lpd_class_names": names, "lpd_path": str(path)},
+        "metadata": LayerMeta(class_names=names, path=str(path)).to_metadata(),
     }
     if isinstance(data, list) and len(data) == 1:
         data = data[0]

@@ -10,6 +10,7 @@ from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.data.sample import CMU_SLIDE, NCT_TILES
 from lpd.data.slide import open_slide
 from napari_lpd._layers import LABELS_OPACITY, LayerData, class_colormap, slide_layer, units_of
+from napari_lpd._metadata import LayerMeta
 
 #: Side of the square crop ``cmu_region_array`` takes from level 0 (tests, docs).
 CROP = 2048
@@ -77,7 +78,7 @@ def held_apart_mosaic_layers() -> list[LayerData]:
 def _mosaic_layers(rgb: np.ndarray, labels: np.ndarray, name: str, mpp: float,
                    truth_visible: bool) -> list[LayerData]:
     spatial = {"scale": (mpp, mpp), "units": units_of(mpp)}
-    image_meta = {"name": name, "rgb": True, **spatial, "metadata": {"lpd_mpp": mpp}}
+    image_meta = {"name": name, "rgb": True, **spatial, "metadata": LayerMeta(mpp=mpp).to_metadata()}
     labels_meta = {"name": f"{name} ground truth", **spatial, "colormap": class_colormap(),
                    "opacity": LABELS_OPACITY, "visible": truth_visible}
     return [(rgb, image_meta, "image"), (labels, labels_meta, "labels")]

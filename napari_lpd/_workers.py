@@ -4,7 +4,7 @@ The compute generator (e.g. ``lpd.infer.tiled.predict_tiled``) yields progress p
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
 call per second (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
-the activity dock follows them, updated in the same throttled call (DESIGN.md: per-batch
+the activity dock follows them, updated in the same throttled call (docs/architecture.md, Threads and responsiveness: per-batch
 progress updates cost 15-25 % throughput).
 
 Cancel: ``RunHandle.cancel()`` sets a flag that the wrapper checks before asking the lpd
@@ -37,7 +37,7 @@ from qtpy.QtCore import QTimer
 
 from lpd.errors import LPDError
 
-# DESIGN.md (GUI facts): a window repaint costs 40-70 ms under software GL, so GUI-side
+# docs/architecture.md (Threads and responsiveness): a window repaint costs 40-70 ms under software GL, so GUI-side
 # updates are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide,
 # 2 cores, compute at nice 10, idle machine): one update per 500 ms gave tick gaps p95
 # 16-18 ms and 0.77 of the CLI's tiles/s; one per second p95 13 ms and 0.84.
@@ -66,36 +66,50 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
     except OSError:
         log.debug("could not lower the worker thread's priority", exc_info=True)
 
-# napari animates a "loading" GIF in the status bar while any progress bar exists, at 33
-# frames/s. Under software OpenGL (Xvfb/llvmpipe, remote desktops) every frame recomposites
-# the window with its GL canvas, ~30 ms each: measured here, the event loop's median tick
-# gap went from 10 ms to 38-40 ms with an idle worker. While our jobs run the GIF is slowed
-# to a frame every 3 s (found through public Qt API; the bar itself still updates).
-ACTIVITY_GIF_SPEED = 1  # percent of normal speed while our jobs run (a frame per 3 s)
-_running_jobs = [0]
 
+class _ActivityGif:
+    """napari's "loading" GIF, slowed while our jobs run.
 
-def _activity_movies() -> list[Any]:
-    from qtpy.QtWidgets import QApplication, QLabel
+    napari animates it in the status bar while any progress bar exists, at 33 frames/s.
+    Under software OpenGL (Xvfb/llvmpipe, remote desktops) every frame recomposites the
+    window with its GL canvas, ~30 ms each: measured here, the event loop's median tick gap
+    went from 10 ms to 38-40 ms with an idle worker. While our jobs run the GIF is slowed
+    to a frame every 3 s (the bar itself still updates). napari offers no setting for it and
+    its widget is private (``ActivityToggleItem._inProgressIndicator``), so the movie is
+    found with public Qt API alone - the QLabels of the top-level windows whose movie is
+    ``loading.gif`` - and only here: the one place that walks Qt's widget tree."""
 
-    app = QApplication.instance()
-    if app is None:
-        return []
-    movies = []
-    for top in app.topLevelWidgets():
-        for label in top.findChildren(QLabel):
-            movie = label.movie()
-            if movie is not None and movie.fileName().endswith("loading.gif"):
-                movies.append(movie)
-    return movies
+    SPEED = 1  # percent of normal speed while our jobs run (a frame per 3 s)
+    running = 0  # our jobs now running, in this process
 
+    @classmethod
+    def begin(cls) -> None:
+        cls.running += 1
 
-def _slow_activity_gif(slow: bool) -> None:
-    try:
-        for movie in _activity_movies():
-            movie.setSpeed(ACTIVITY_GIF_SPEED if slow else 100)
-    except Exception:  # cosmetic only: never let it break a job
-        log.debug("could not adjust napari's activity animation", exc_info=True)
+    @classmethod
+    def end(cls) -> None:
+        cls.running -= 1
+        if cls.running == 0:
+            cls.slow(False)
+
+    @classmethod
+    def slow(cls, slow: bool = True) -> None:
+        try:
+            for movie in cls._movies():
+                movie.setSpeed(cls.SPEED if slow else 100)
+        except Exception:  # cosmetic only: never let it break a job
+            log.debug("could not adjust napari's activity animation", exc_info=True)
+
+    @staticmethod
+    def _movies() -> list[Any]:
+        from qtpy.QtWidgets import QApplication, QLabel
+
+        app = QApplication.instance()
+        if app is None:
+            return []
+        return [label.movie() for top in app.topLevelWidgets()
+                for label in top.findChildren(QLabel) if label.movie() is not None
+                and label.movie().fileName().endswith("loading.gif")]
 
 
 @dataclass
@@ -179,21 +193,97 @@ def run_in_worker(
     start: bool = True,
     owner: Any = None,
 ) -> RunHandle:
-    """Start ``make_generator()`` in a thread. ``on_yield`` receives the values yielded
-    since the last GUI update (a list, never empty), at most once a second; the last
-    batch is always flushed before ``on_return``. ``total``/``done`` read the progress
-    bar's figures from a yielded value, ``describe`` its text (a new text or total, e.g. a
-    new stage, resets the one bar). ``on_return`` is skipped after a cancel; ``on_error``
-    (default: a notification) gets exceptions raised by the generator; ``on_finish`` is
-    called last in every case. ``owner``: a QObject (the widget); when it is deleted (the
-    viewer closed mid-run) the job is cancelled and none of the callbacks runs again."""
-    handle_box: list[RunHandle] = []
+    """Start ``make_generator()`` in a thread.
 
-    def work() -> Generator[Any, None, Any]:  # a generator function: napari then makes
-        handle = handle_box[0]  # a GeneratorWorker
+    Parameters
+    ----------
+    make_generator : callable
+        Called in the worker thread; returns the generator to drive (its yields are
+        progress, its return value the result).
+    description : str
+        The progress bar's first text.
+    total, done : callable, optional
+        Read the bar's total and position from a yielded value (no ``total``: no bar).
+    describe : callable, optional
+        The bar's text from a yielded value; a new text or total (a new stage) resets the
+        one bar.
+    on_yield : callable, optional
+        Receives the values yielded since the last GUI update (a list, never empty), at
+        most once a second; the last batch is always flushed before ``on_return``.
+    on_return : callable, optional
+        The generator's return value; skipped after a cancel.
+    on_error : callable, optional
+        Exceptions raised by the generator (default: ``notify_error``).
+    on_finish : callable, optional
+        Called last in every case, with the handle.
+    start : bool
+        Start the worker now (else ``handle.worker.start()``).
+    owner : QObject, optional
+        The widget; when it is deleted (the viewer closed mid-run) the job is cancelled and
+        none of the callbacks runs again.
+
+    Returns
+    -------
+    RunHandle
+        The job's handle (``cancel()``, ``running``).
+    """
+    job = _Job(make_generator, description=description, total=total, done=done,
+               describe=describe, on_yield=on_yield, on_return=on_return,
+               on_error=on_error or notify_error, on_finish=on_finish)
+    if owner is not None:
+        owner.destroyed.connect(lambda *_: job.orphan())
+    if start:
+        job.handle.worker.start()
+    return job.handle
+
+
+class _Job:
+    """The GUI side of one worker: throttled updates, the progress bar and the callbacks,
+    run one after the other in the order the worker's signals came.
+
+    Callbacks may process Qt events (napari does when a layer or a progress bar is added),
+    which would deliver the worker's next signal *inside* the running callback: a late tile
+    batch painted after the result. So every handler goes through one queue, run by a
+    non-reentrant pump (``_post``). The worker's signals are connected to lambdas (PyQt
+    holds those strongly, and napari holds the worker while it runs): they keep this object
+    alive exactly as long as its worker."""
+
+    def __init__(self, make_generator: Callable[[], Generator[Any, None, Any]], *,
+                 description: str, total: Callable[[Any], int] | None,
+                 done: Callable[[Any], int] | None, describe: Callable[[Any], str] | None,
+                 on_yield: Callable[[list[Any]], None] | None,
+                 on_return: Callable[[Any], None] | None,
+                 on_error: Callable[[BaseException], None],
+                 on_finish: Callable[[RunHandle], None] | None) -> None:
+        self.make_generator = make_generator
+        self.description, self.total, self.done, self.describe = description, total, done, describe
+        self.on_yield, self.on_return = on_yield, on_return
+        self.on_error, self.on_finish = on_error, on_finish
+        self.handle = RunHandle(create_worker(self._work, _start_thread=False))
+        self._last_update = 0.0
+        self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._pumping = False
+        self._timer = QTimer()  # flushes a trailing batch when no yield follows
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(lambda: self._post(lambda _: self._flush()))
+        worker = self.handle.worker
+        worker.yielded.connect(lambda value: self._post(self._yielded, value))
+        worker.returned.connect(lambda value: self._post(self._returned, value))
+        worker.aborted.connect(lambda: self._aborted())
+        worker.finished.connect(lambda: self._post(lambda _: self._finished()))
+        _ActivityGif.begin()
+        if total is not None:  # the bar appears at the click (a new napari progress bar
+            # costs 30-170 ms of GUI time: better there than as a stall mid-run)
+            self.handle.bar = progress(total=1, desc=description)  # 0 would animate
+            self.handle._bar_text = description
+            _ActivityGif.slow()
+
+    # ---- the worker thread ----------------------------------------------------------
+    def _work(self) -> Generator[Any, None, Any]:  # a generator function: napari then
+        handle = self.handle  # makes a GeneratorWorker
         lower_thread_priority()
         try:
-            gen = handle._gen = make_generator()
+            gen = handle._gen = self.make_generator()
             while not handle.cancelled:
                 try:
                     value = next(gen)
@@ -205,87 +295,79 @@ def run_in_worker(
         except Exception as exc:  # reported on the GUI thread, not as a traceback dialog
             return _Failed(exc)
 
-    worker = create_worker(work, _start_thread=False)
-    handle = RunHandle(worker)
-    handle_box.append(handle)
-    last = [0.0]
-    timer = QTimer()
-    timer.setSingleShot(True)
+    # ---- the GUI thread -------------------------------------------------------------
+    def _post(self, handler: Callable[[Any], None], value: Any = None) -> None:
+        """Run ``handler(value)`` after every handler queued before it (never inside one)."""
+        self._queue.append((handler, value))
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue:
+                fn, arg = self._queue.popleft()
+                fn(arg)
+        finally:
+            self._pumping = False
 
-    def flush() -> None:
-        timer.stop()
-        last[0] = time.monotonic()
+    def _yielded(self, value: Any) -> None:
+        self.handle._pending.append(value)
+        wait = UPDATE_INTERVAL_S - (time.monotonic() - self._last_update)
+        if wait <= 0:
+            self._flush()
+        elif not self._timer.isActive():  # a trailing batch is painted even if no yield
+            self._timer.start(int(wait * 1000) + 1)  # follows
+
+    def _flush(self) -> None:
+        handle = self.handle
+        self._timer.stop()
+        self._last_update = time.monotonic()
         if not handle._pending or handle.cancelled:
             handle._pending.clear()
             return
         values, handle._pending = handle._pending, []
-        latest = values[-1]
-        if total is not None:
-            n_total = int(total(latest))
-            text = describe(latest) if describe is not None else description
+        self._update_bar(values[-1])
+        if self.on_yield is not None and not handle.orphaned:
+            self.on_yield(values)
+
+    def _update_bar(self, latest: Any) -> None:
+        handle = self.handle
+        if self.total is not None:
+            n_total = int(self.total(latest))
+            text = self.describe(latest) if self.describe is not None else self.description
             bar = handle.bar
             if bar is None:
                 handle.bar = progress(total=n_total, desc=text)
-                _slow_activity_gif(True)
+                _ActivityGif.slow()
             elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
                 # bar (a new napari progress bar costs 30-170 ms of GUI time; measured)
                 bar.total = n_total
                 bar.set_description(text)
             handle._bar_text = text
-        if handle.bar is not None and done is not None:
+        if handle.bar is not None and self.done is not None:
             bar = handle.bar
-            bar.n = int(done(latest))
+            bar.n = int(self.done(latest))
             # napari's activity-dock bar listens to the value event (progress.update emits
             # it); .n alone updates the text ("122/266") and leaves the bar at 0 %
             bar.events.value(value=bar.n)
             bar.refresh()
-        if on_yield is not None and not handle.orphaned:
-            on_yield(values)
 
-    # Callbacks may process Qt events (napari does when a layer or a progress bar is
-    # added), which would deliver the worker's next signal *inside* the running callback:
-    # a late tile batch painted after the result. Every handler goes through one queue,
-    # run by a non-reentrant pump, so they always run one after the other, in order.
-    queue: deque[tuple[Callable[[Any], None], Any]] = deque()
-    pumping = [False]
-
-    def post(handler: Callable[[Any], None], value: Any = None) -> None:
-        queue.append((handler, value))
-        if pumping[0]:
-            return
-        pumping[0] = True
-        try:
-            while queue:
-                fn, arg = queue.popleft()
-                fn(arg)
-        finally:
-            pumping[0] = False
-
-    timer.timeout.connect(lambda: post(lambda _: flush()))
-
-    def yielded(value: Any) -> None:
-        handle._pending.append(value)
-        wait = UPDATE_INTERVAL_S - (time.monotonic() - last[0])
-        if wait <= 0:
-            flush()
-        elif not timer.isActive():  # a trailing batch is painted even if no yield follows
-            timer.start(int(wait * 1000) + 1)
-
-    def returned(value: Any) -> None:
+    def _returned(self, value: Any) -> None:
+        handle = self.handle
         if isinstance(value, _Failed):
             handle._pending.clear()
             handle.failed = value.error
             if handle.orphaned:
                 log.warning("job of a closed widget failed: %s", error_message(value.error))
-                return
-            (on_error or notify_error)(value.error)
+            else:
+                self.on_error(value.error)
             return
-        flush()
-        if on_return is not None and not handle.cancelled:
-            on_return(value)
+        self._flush()
+        if self.on_return is not None and not handle.cancelled:
+            self.on_return(value)
 
-    def finished() -> None:
-        timer.stop()
+    def _finished(self) -> None:
+        handle = self.handle
+        self._timer.stop()
         handle._pending.clear()  # nothing more is painted after a cancel
         try:
             if handle._gen is not None:
@@ -293,34 +375,16 @@ def run_in_worker(
             if handle.bar is not None:
                 handle.bar.close()
                 handle.bar = None
-            if on_finish is not None and not handle.orphaned:
-                on_finish(handle)
+            if self.on_finish is not None and not handle.orphaned:
+                self.on_finish(handle)
         finally:
-            _running_jobs[0] -= 1
-            if _running_jobs[0] == 0:
-                _slow_activity_gif(False)
+            _ActivityGif.end()
             handle.finished = True  # last: "not running" means every callback has run
 
-    def aborted() -> None:  # napari's quit(): the generator is suspended, not closed
-        handle.cancelled = True
+    def _aborted(self) -> None:  # napari's quit(): the generator is suspended, not closed
+        self.handle.cancelled = True
 
-    worker.yielded.connect(lambda value: post(yielded, value))
-    worker.returned.connect(lambda value: post(returned, value))
-    worker.aborted.connect(aborted)
-    worker.finished.connect(lambda: post(lambda _: finished()))
-    if owner is not None:
-
-        def orphan(*_: Any) -> None:
-            handle.orphaned = True
-            handle.cancel()
-
-        owner.destroyed.connect(orphan)
-    _running_jobs[0] += 1
-    if total is not None:  # the bar appears at the click (a new napari progress bar costs
-        # 30-170 ms of GUI time: better there than as a stall in the middle of the run)
-        handle.bar = progress(total=1, desc=description)  # 0 would animate: repaints
-        handle._bar_text = description
-        _slow_activity_gif(True)
-    if start:
-        worker.start()
-    return handle
+    def orphan(self, *_: Any) -> None:
+        """The owner widget was deleted: cancel, and run no callback any more."""
+        self.handle.orphaned = True
+        self.handle.cancel()

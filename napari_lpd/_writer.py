@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from lpd._atomic import atomic_path
-from lpd.classes import CLASS_NAMES
 from lpd.errors import InputError
 from lpd.io.export import export_geojson, export_tiff
 from lpd.io.store import OutputStore
-from napari_lpd._layers import DEFAULT_COLOURS
+from lpd.io.store_tools import store_from_labels
+from napari_lpd._metadata import LayerMeta
 
-STORE_CHUNK = 512
 #: The save jobs running in workers (``napari_lpd._workers.RunHandle``), oldest first.
 JOBS: list[Any] = []
 
@@ -185,8 +184,8 @@ class _layer_store:
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> OutputStore:
-        info = self.meta.get("metadata") or {}
-        path = info.get("lpd_store")
+        info = LayerMeta.from_metadata(self.meta.get("metadata"))
+        path = info.store
         if path and Path(path).exists():
             store = OutputStore.open(path)
             if not store.complete:
@@ -198,53 +197,8 @@ class _layer_store:
         return store_from_labels(level0, Path(self._tmp.name) / "labels.zarr",
                                  scale=self.meta.get("scale"), units=self.meta.get("units"),
                                  translate=self.meta.get("translate"),
-                                 class_names=info.get("lpd_class_names"))
+                                 class_names=info.class_names)
 
     def __exit__(self, *exc: object) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
-
-
-def layer_mpp_from_meta(scale: Any, units: Any) -> float | None:
-    """µm per pixel from a layer's scale and units (None for pixels)."""
-    if scale is None or units is None:
-        return None
-    try:
-        import pint
-
-        unit = pint.get_application_registry()(str(units[-1]))
-        return float(scale[-1]) * float(unit.to("micrometer").magnitude)
-    except Exception:  # "pixel" or not a length
-        return None
-
-
-def store_from_labels(
-    labels: Any, path: Path, *, scale: Any = None, units: Any = None, translate: Any = None,
-    class_names: Sequence[str] | None = None,
-) -> OutputStore:
-    """A finished prediction store holding a 2-D label array (read in chunks)."""
-    if getattr(labels, "ndim", 0) != 2:
-        raise InputError(None, f"only 2-D label layers can be exported, got shape "
-                         f"{tuple(getattr(labels, 'shape', ()))}")
-    names = list(class_names or CLASS_NAMES)
-    colours = list(DEFAULT_COLOURS[: len(names)])
-    if len(colours) < len(names):
-        colours += [(128, 128, 128)] * (len(names) - len(colours))
-    mpp = layer_mpp_from_meta(scale, units)
-    sy, sx = (float(scale[-2]), float(scale[-1])) if scale is not None else (1.0, 1.0)
-    ty, tx = (float(translate[-2]), float(translate[-1])) if translate is not None else (0, 0)
-    h, w = int(labels.shape[0]), int(labels.shape[1])
-    store = OutputStore.create(
-        path, shape=(h, w), tile=STORE_CHUNK, chunk=STORE_CHUNK, class_names=names,
-        class_colours=colours, mpp=mpp, scale=1.0, offset=(tx / sx, ty / sy),
-    )
-    for i, y in enumerate(range(0, h, STORE_CHUNK)):
-        for j, x in enumerate(range(0, w, STORE_CHUNK)):
-            block = np.asarray(labels[y : y + STORE_CHUNK, x : x + STORE_CHUNK])
-            if block.size and (block.max() > 255 or block.min() < 0):
-                raise InputError(None, "label values must lie in 0..255 for export")
-            store.put_tile(i, j, block.astype(np.uint8))
-    for _ in store.build_pyramid():
-        pass
-    store.mark_complete()
-    return store

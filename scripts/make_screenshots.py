@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from lpd.data.sample import CMU_SLIDE
     from napari_lpd._reader import read_path
     from napari_lpd._sample_data import held_apart_mosaic_layers
-    from napari_lpd.widgets._segment_job import runs_dir
+    from napari_lpd._segment_job import runs_dir
     from napari_lpd.widgets.export import ExportWidget
     from napari_lpd.widgets.prototypes import PrototypeWidget, grid_of
     from napari_lpd.widgets.segment import SegmentWidget

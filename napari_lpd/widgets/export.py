@@ -8,10 +8,7 @@ label map) are exported through a temporary store, like the writers do."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -33,18 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from lpd.errors import InputError
-from lpd.io.export import export_csv, export_geojson, export_tiff
-from lpd.io.store import OutputStore
+from lpd.io.formats import FORMATS, export_paths
 from napari_lpd._layers import watch_layers
+from napari_lpd._metadata import LayerMeta
 from napari_lpd._workers import RunHandle, notify_error, run_in_worker
 from napari_lpd._writer import _layer_store
-
-FORMATS = {  # key: (check box text, file suffix)
-    "tiff": ("Label TIFF (pyramidal)", ".tif"),
-    "zarr": ("OME-Zarr (copy of the store)", ".ome.zarr"),
-    "geojson": ("QuPath GeoJSON (class polygons)", ".geojson"),
-    "csv": ("Area per class (CSV)", "_areas.csv"),
-}
 
 
 def safe_name(name: str) -> str:
@@ -52,42 +42,16 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "labels"
 
 
-def copy_store(store: OutputStore, target: Path) -> Path:
-    """Copy a store folder to ``target`` atomically: copied beside it under a temp name,
-    then renamed into place (an older copy is replaced only once the new one is whole)."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        shutil.copytree(store.path, tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def export_job(data: Any, meta: dict[str, Any], folder: Path, stem: str,
                formats: list[str]) -> Generator[tuple[int, int, str], None, list[Path]]:
     """Write the chosen formats; yields (done, total, text), returns the written paths."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    targets = export_paths(stem, folder, formats)  # lpd.io.formats: the one naming scheme
     with _layer_store(data, meta) as store:
-        for i, key in enumerate(formats):
-            target = folder / f"{stem}{FORMATS[key][1]}"
+        for i, (key, target) in enumerate(targets.items()):
             yield i, len(formats), f"Writing {target.name}"
-            if key == "tiff":
-                written.append(export_tiff(store, target))
-            elif key == "zarr":
-                written.append(copy_store(store, target))
-            elif key == "geojson":
-                written.append(export_geojson(store, target))
-            elif key == "csv":
-                written.append(export_csv(store, target))
+            written.append(FORMATS[key].write(store, target))
     return written
 
 
@@ -115,8 +79,8 @@ class ExportWidget(QWidget):
         self.name_edit = QLineEdit()
         form.addRow("File name", self.name_edit)
         self.checks: dict[str, QCheckBox] = {}
-        for key, (text, _) in FORMATS.items():
-            self.checks[key] = QCheckBox(text)
+        for key, fmt in FORMATS.items():
+            self.checks[key] = QCheckBox(fmt.title)
             self.checks[key].setChecked(True)
             form.addRow("", self.checks[key])
         self.export_button = QPushButton("Export")
@@ -162,7 +126,7 @@ class ExportWidget(QWidget):
             problem = "choose a Labels layer to export"
         elif not formats:
             problem = "tick at least one format"
-        elif layer.metadata.get("lpd_complete") is False:
+        elif LayerMeta.from_layer(layer).complete is False:
             problem = (f"{name!r} is an unfinished result (interrupted run): it is not "
                        "exported as if it were complete")
         elif not self.folder_edit.text().strip():

@@ -2,23 +2,24 @@
 
 Runs ``lpd.finetune.fine_tune`` in a worker (live loss curve; the status line shows step,
 loss and ETA, updated at most once a second like every worker update; Cancel), saves
-the result under a new name, then re-segments the current view with it: through a docked
-``SegmentWidget`` of the same viewer when there is one, else by predicting the visible
-region into the Labels layer "LPD labels (fine-tuned)". ``finished_checkpoint(str)`` is
-emitted with the new checkpoint's path.
+the result under a new name, then re-segments the current view with it: through the
+viewer's segmenter (a Segment widget, found through the viewer's ``Session``) when there is
+one, else by predicting the visible region into the Labels layer "LPD labels (fine-tuned)".
+``finished_checkpoint(str)`` is emitted with the new checkpoint's path, and relayed as the
+session's ``checkpoint_changed`` (the Segment widget then selects it).
 
 Cancel writes nothing (the last good checkpoint is the one fine-tuning started from);
 "Stop && save" ends early and saves what was trained, marked incomplete in its metadata."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 import napari.viewer
+import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info
 from qtpy import QtWidgets as qw
@@ -37,10 +38,19 @@ from lpd.errors import InputError
 from lpd.finetune import FineTuneResult, fine_tune
 from lpd.infer.device import available_devices
 from lpd.io.checkpoint import load_checkpoint
-from napari_lpd._layers import class_colormap, grid_transform, upsert_layer
+from napari_lpd._layers import (
+    class_colormap,
+    grid_transform,
+    layer_file,
+    opened_pixels,
+    tagged_image,
+    upsert_layer,
+    view_region,
+)
+from napari_lpd._metadata import LayerMeta
+from napari_lpd._parts import LossPlot, row_of
+from napari_lpd._session import Segmenter, Session
 from napari_lpd._workers import RunHandle, error_message, notify_error, run_in_worker
-from napari_lpd.widgets._loss_plot import LossPlot
-from napari_lpd.widgets.tags import layer_file, opened_pixels, row_of, tagged_image, view_region
 
 FINETUNED_LABELS = "LPD labels (fine-tuned)"
 TRAINABLE_TEXT = {"all": "all parameters", "head": "prototypes only (backbone fixed)"}
@@ -55,7 +65,7 @@ def _eta(seconds: float) -> str:
 
 
 def step_line(progress: Any) -> str:
-    """``"Step 12/40 · loss 0.734 · ETA 0:35"`` for a ``lpd.train.TrainProgress``.
+    """``"Step 12/40 · loss 0.734 · ETA 0:35"`` for a ``lpd.trainer.TrainProgress``.
 
     Parameters
     ----------
@@ -71,15 +81,10 @@ def step_line(progress: Any) -> str:
             f"ETA {_eta(progress.eta)}")
 
 
-def _halo(model: Any) -> int:
-    """predict_tiled's default halo, smaller for small model inputs."""
-    return 32 if model.config.input_size >= 128 else 16
-
-
 class FineTuneWidget(qw.QWidget):
     """Dock widget: fine-tune a checkpoint on the tags of an image layer."""
 
-    finished_checkpoint = Signal(str)
+    finished_checkpoint = Signal(str)  # relayed as the session's checkpoint_changed
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: qw.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -90,6 +95,8 @@ class FineTuneWidget(qw.QWidget):
         self.train_config = TrainConfig(warmup_iters=0)  # loss weights, augmentation...
         self._stop = threading.Event()
         self._image_layer: Image | None = None  # the layer of the last run
+        self.session = Session.of(viewer)
+        self.finished_checkpoint.connect(self.session.checkpoint_changed)
         self._build()
         viewer.layers.events.inserted.connect(self._refresh_images)
         viewer.layers.events.removed.connect(self._refresh_images)
@@ -158,8 +165,8 @@ class FineTuneWidget(qw.QWidget):
         target = current if current in names else (tagged or names or [""])[0]
         self.image_combo.setCurrentText(target)
         if not self.checkpoint_edit.text():
-            recorded = [lyr.metadata.get("lpd_checkpoint") for lyr in self.viewer.layers
-                        if (lyr.metadata or {}).get("lpd_checkpoint")]
+            recorded = [LayerMeta.from_layer(lyr).checkpoint for lyr in self.viewer.layers]
+            recorded = [path for path in recorded if path]
             if recorded:  # the checkpoint the last segmentation used
                 self.checkpoint_edit.setText(str(recorded[-1]))
 
@@ -278,46 +285,46 @@ class FineTuneWidget(qw.QWidget):
                                 "unchanged.")
 
     # ---- re-segmentation ---------------------------------------------------------------
-    def segment_widget(self) -> Any:
-        """A SegmentWidget of this viewer, if one is open."""
-        try:
-            from napari_lpd.widgets.segment import SegmentWidget
-        except ImportError:
-            return None
-        found = [w for w in qw.QApplication.allWidgets()
-                 if isinstance(w, SegmentWidget) and getattr(w, "viewer", None) is self.viewer]
-        return found[0] if found else None
+    def segment_widget(self) -> Segmenter | None:
+        """The viewer's segmenter (a Segment widget of this viewer), if one is open."""
+        return self.session.segmenter()
 
     def resegment(self, checkpoint: str | Path) -> RunHandle | None:
-        """Segment the current view with ``checkpoint`` so the change is visible."""
+        """Segment the current view with ``checkpoint`` so the change is visible: by the
+        viewer's segmenter (which ``checkpoint_changed`` gave the checkpoint), else here."""
         layer, seg = self._image_layer, self.segment_widget()
-        if seg is not None and _segment_via(seg, checkpoint, layer):
-            return getattr(seg, "handle", None)
+        if seg is not None:
+            handle = _segment_via(seg, layer)
+            if handle is not None:
+                return handle
         if layer is None or layer not in self.viewer.layers:
             return None
         region = view_region(layer)
 
         def job() -> Any:
-            from lpd.infer.tiled import plan_tiled, predict_tiled
+            from lpd.infer.tiled import plan_tiled
+            from lpd.segmentation import halo_for, segment_iter
 
             model = load_checkpoint(checkpoint)
             with opened_pixels(layer) as (pixels, mpp):
-                plan = plan_tiled(model, pixels, region=region, mpp=mpp, halo=_halo(model))
+                plan = plan_tiled(model, pixels, region=region, mpp=mpp, halo=halo_for(model))
                 if plan.shape[0] * plan.shape[1] > MAX_VIEW_PIXELS:
                     raise InputError(None, "the view is too large to re-segment here: zoom "
                                      "in, or use the segment widget")
-                result = yield from predict_tiled(
-                    model, pixels, region=region, mpp=mpp, halo=_halo(model),
-                    device=self.device_combo.currentText())
-            return result
+                seg = yield from segment_iter(model, pixels, region=region, mpp=mpp, plan=plan,
+                                              device=self.device_combo.currentText())
+            with seg:  # a temporary store: the view's labels are read, then it goes
+                return plan, np.asarray(seg.labels()[...])
 
         def show(result: Any) -> None:
+            plan, labels = result
             scale, translate = grid_transform(layer.scale, layer.translate,
-                                              result.plan.scale, result.plan.offset)
-            upsert_layer(self.viewer, result.labels, {
+                                              plan.scale, plan.offset)
+            shown = upsert_layer(self.viewer, labels, {
                 "name": FINETUNED_LABELS, "scale": scale, "translate": translate,
                 "units": tuple(layer.units), "colormap": class_colormap(), "opacity": 0.6,
-                "metadata": {"lpd_checkpoint": str(checkpoint)}}, "labels")
+                "metadata": LayerMeta(checkpoint=str(checkpoint)).to_metadata()}, "labels")
+            self.session.result_ready.emit(shown)
 
         return run_in_worker(job, description="LPD segmentation (fine-tuned)",
                              total=lambda p: p.total, done=lambda p: p.done, on_return=show,
@@ -343,18 +350,11 @@ def _has_tags(layer: Any) -> bool:
     return path is not None and sidecar_path(path).exists()
 
 
-def _segment_via(seg: Any, checkpoint: str | Path, layer: Any) -> bool:
-    """Ask the segment widget to segment the view with ``checkpoint``; False if it cannot
-    (then the caller segments the view itself)."""
+def _segment_via(seg: Segmenter, layer: Any) -> RunHandle | None:
+    """Ask the segmenter to segment the view of ``layer``; None if it cannot (then the
+    caller segments the view itself)."""
     try:
-        if "checkpoint" in inspect.signature(seg.run).parameters:
-            seg.run(checkpoint=str(checkpoint), scope="view")
-            return True
-        seg.set_checkpoint(checkpoint)
-        if layer is not None and seg.image_combo.findText(layer.name) >= 0:
-            seg.image_combo.setCurrentText(layer.name)
-        seg.scope_combo.setCurrentText("Current view")
-        return seg.run() is not None
+        return seg.segment_view(layer)
     except Exception:  # another widget's problem must not lose the fine-tuned result
         log.warning("the segment widget could not re-segment the view", exc_info=True)
-        return False
+        return None

@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
-    QGridLayout,
     QLabel,
     QPushButton,
     QSlider,
@@ -40,19 +39,21 @@ from qtpy.QtWidgets import (
 from superqt.utils import qthrottled
 
 from lpd.classes import readable_colours
-from lpd.colours import class_shades, contrast_ratio
+from lpd.colours import class_shades
 from lpd.io.store import OutputStore
+from lpd.io.store_tools import labels_at_cells
+from lpd.viz import dominant_prototype
 from napari_lpd._layers import (
     dominant_name,
-    dominant_prototype,
     grid_transform,
     heatmap_name,
-    labels_at_cells,
     remove_layers,
     store_image_frame,
     upsert_layer,
     watch_layers,
 )
+from napari_lpd._metadata import LayerMeta
+from napari_lpd._parts import DominantLegend
 from napari_lpd._workers import RunHandle, run_in_worker
 
 COLORMAPS = ("inferno", "magma", "viridis", "turbo", "hot")
@@ -71,8 +72,8 @@ def grid_of(viewer: Any) -> Any:
 def result_layers(viewer: Any) -> list[Labels]:
     """Finished LPD result layers that carry prototype maps."""
     return [layer for layer in viewer.layers if isinstance(layer, Labels)
-            and layer.metadata.get("lpd_store") and layer.metadata.get("lpd_complete")
-            and layer.metadata.get("lpd_prototypes")]
+            and (meta := LayerMeta.from_layer(layer)).store and meta.complete
+            and meta.prototypes]
 
 
 def dominant_palette(
@@ -110,42 +111,6 @@ def palette_colormap(palette: dict[int, tuple[str, int, tuple[int, int, int]]]) 
     for value, (_, _, rgb) in palette.items():
         color_dict[value] = (*(v / 255 for v in rgb), 1.0)
     return DirectLabelColormap(color_dict=color_dict)
-
-
-class DominantLegend(QWidget):
-    """The colours of the dominant-prototype map: per class, its name and k numbered
-    swatches (prototype 1..k, lightest first)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._grid = QGridLayout(self)
-        self._grid.setContentsMargins(0, 0, 0, 0)
-        self._grid.setSpacing(2)
-        self.swatches: list[QLabel] = []
-
-    def set_palette(self, palette: dict[int, tuple[str, int, tuple[int, int, int]]]) -> None:
-        while self._grid.count():
-            item = self._grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
-        self.swatches = []
-        rows: dict[str, int] = {}
-        for value, (name, j, (r, g, b)) in palette.items():
-            if name not in rows:
-                rows[name] = len(rows)
-                self._grid.addWidget(QLabel(name), rows[name], 0)
-            ink = "black" if contrast_ratio((r, g, b), (0, 0, 0)) >= contrast_ratio(
-                (r, g, b), (255, 255, 255)) else "white"
-            swatch = QLabel(str(j))
-            swatch.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            swatch.setFixedSize(22, 16)
-            swatch.setStyleSheet(f"background-color: rgb({r},{g},{b}); color: {ink}; "
-                                 "font-size: 9px;")
-            swatch.setToolTip(f"{name} {j}: prototype {j} of {name} (label {value})")
-            self._grid.addWidget(swatch, rows[name], j)
-            self.swatches.append(swatch)
-        k = max((j for _, j, _ in palette.values()), default=0)
-        self._grid.setColumnStretch(k + 1, 1)  # swatches packed to the left
 
 
 class PrototypeWidget(QWidget):
@@ -218,7 +183,7 @@ class PrototypeWidget(QWidget):
         self.result_combo.blockSignals(False)
         layer = self.result
         stale = self.store is None or (layer is not None and Path(
-            layer.metadata.get("lpd_store", "")) != Path(self.store.path))
+            LayerMeta.from_layer(layer).store or "") != Path(self.store.path))
         if self.result_combo.currentText() != current or stale:
             self._result_changed(self.result_combo.currentText())
 
@@ -232,12 +197,12 @@ class PrototypeWidget(QWidget):
         self.store, self._maps, self._cells = None, None, None
         if layer is None:
             return
-        store = OutputStore.open(Path(layer.metadata["lpd_store"]))
+        meta = LayerMeta.from_layer(layer)
+        store = OutputStore.open(Path(meta.store or ""))
         if store.prototypes is None:
             return
         self.store = store
-        self.k = int(layer.metadata.get("lpd_k") or store.prototypes.shape[0] //
-                     len(store.class_names))
+        self.k = int(meta.k or store.prototypes.shape[0] // len(store.class_names))
         self.class_combo.blockSignals(True)
         self.class_combo.clear()
         self.class_combo.addItems(store.class_names)
@@ -262,13 +227,13 @@ class PrototypeWidget(QWidget):
 
     def _image_name(self) -> str:
         layer = self.result
-        return str(layer.metadata.get("lpd_image") or layer.name) if layer else ""
+        return str(LayerMeta.from_layer(layer).image or layer.name) if layer else ""
 
     def _frame(self, factor: float) -> tuple[tuple[float, float], tuple[float, float]]:
         layer, store = self.result, self.store
         assert layer is not None and store is not None
-        scale = layer.metadata.get("lpd_image_scale")
-        translate = layer.metadata.get("lpd_image_translate")
+        meta = LayerMeta.from_layer(layer)
+        scale, translate = meta.image_scale, meta.image_translate
         if scale is None or translate is None:
             scale, translate = store_image_frame(store)
         return grid_transform(scale, translate, store.scale, store.offset, factor)
@@ -310,7 +275,8 @@ class PrototypeWidget(QWidget):
                 "scale": scale, "translate": translate, "interpolation2d": "linear",
                 "units": tuple(self.result.units),
             }, "image")
-        layer.metadata.update({"lpd_prototype": proto_name, "lpd_prototype_index": index})
+        layer.metadata.update(LayerMeta(prototype=proto_name,
+                                        prototype_index=index).to_metadata())
         self.status.setText(f"Heatmap of prototype {proto_name} (logit {low:.2f}–{high:.2f}).")
 
     def _tissue_cells(self) -> np.ndarray:
@@ -356,8 +322,9 @@ class PrototypeWidget(QWidget):
             upsert_layer(self.viewer, out, {
                 "name": name, "scale": scale, "translate": translate, "opacity": 0.7,
                 "units": units, "colormap": palette_colormap(palette),
-                "metadata": {"lpd_dominant_k": k, "lpd_dominant_labels": {
-                    value: (cls_name, j) for value, (cls_name, j, _) in palette.items()}},
+                "metadata": LayerMeta(dominant_k=k, dominant_labels={
+                    value: (cls_name, j) for value, (cls_name, j, _) in palette.items()},
+                ).to_metadata(),
             }, "labels")
             self.legend.set_palette(palette)
             self.legend.setVisible(True)
@@ -393,7 +360,7 @@ class PrototypeWidget(QWidget):
             return
         if not self.show_check.isChecked():
             self.show_check.setChecked(True)  # creates the heatmap
-        image = layer.metadata.get("lpd_image")
+        image = LayerMeta.from_layer(layer).image
         keep = {layer.name, heatmap_name(self._image_name()), image}
         self._hidden = [lyr for lyr in viewer.layers if lyr.visible and lyr.name not in keep]
         for lyr in self._hidden:

@@ -48,17 +48,22 @@ from napari_lpd._layers import (
     visible_region,
     watch_layers,
 )
-from napari_lpd._workers import RunHandle, notify_error, run_in_worker
-from napari_lpd.widgets._live_labels import LiveLabels
-from napari_lpd.widgets._segment_job import (
+from napari_lpd._live_labels import LiveLabels
+from napari_lpd._metadata import LayerMeta
+from napari_lpd._parts import LegendWidget, row_of
+from napari_lpd._segment_job import (
     JobEvent,
     SegmentOutcome,
     SegmentRequest,
+    default_name,
+    describe_stage,
+    done_text,
     prune_runs,
     runs_dir,
     segment_job,
 )
-from napari_lpd.widgets.legend import LegendWidget
+from napari_lpd._session import Session
+from napari_lpd._workers import RunHandle, notify_error, run_in_worker
 
 DEFAULT_MODEL = "Default model"
 CHECKPOINT_FILE = "Checkpoint file…"
@@ -69,9 +74,12 @@ ASSUMED_MPP = 0.5
 
 
 class SegmentWidget(QWidget):
-    """Dock widget: segment the current view, the whole image or a drawn shape."""
+    """Dock widget: segment the current view, the whole image or a drawn shape.
 
-    run_finished = Signal(object)  # the result Labels layer
+    In the viewer's ``Session`` it is the segmenter (``segment_view``), selects the
+    checkpoints of ``checkpoint_changed`` and announces results with ``result_ready``."""
+
+    run_finished = Signal(object)  # the result Labels layer (also the session's result_ready)
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -87,6 +95,10 @@ class SegmentWidget(QWidget):
         self.destroyed.connect(lambda *_: remove_layers(viewer, list(running)))
         watch_layers(viewer, self._refresh_layers)
         self._refresh_layers()
+        self.session = Session.of(viewer)
+        self.session.add_segmenter(self)
+        self.session.checkpoint_changed.connect(self.set_checkpoint)
+        self.run_finished.connect(self.session.result_ready)
 
     # ---- construction ---------------------------------------------------------------
     def _build(self) -> None:
@@ -99,30 +111,17 @@ class SegmentWidget(QWidget):
         form.addRow("Model", self.model_combo)
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("a .safetensors checkpoint")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
-        self._checkpoint_row = QWidget()
-        self._checkpoint_row.setLayout(row)
-        row.setContentsMargins(0, 0, 0, 0)
+        browse = QPushButton("…", maximumWidth=30, clicked=self._browse)
+        self._checkpoint_row = row_of(self.checkpoint_edit, browse)
         form.addRow("Checkpoint", self._checkpoint_row)
-        self.model_note = QLabel()
-        self.model_note.setWordWrap(True)
+        self.model_note = QLabel(wordWrap=True)
         form.addRow("", self.model_note)
-        self.mpp_label = QLabel()
-        self.mpp_label.setWordWrap(True)
+        self.mpp_label = QLabel(wordWrap=True)
         form.addRow("Magnification", self.mpp_label)
-        self.mpp_spin = QDoubleSpinBox()
-        self.mpp_spin.setRange(0.0, 100.0)
-        self.mpp_spin.setDecimals(4)
-        self.mpp_spin.setSingleStep(0.05)
-        self.mpp_spin.setSuffix(" µm/px")
-        self.mpp_spin.setSpecialValueText("not set")  # 0: not given
-        self.mpp_spin.setToolTip("The slide's microns per pixel at full resolution (0.25 at "
-                                 "40x, 0.5 at 20x on most scanners)")
+        self.mpp_spin = QDoubleSpinBox(  # 0: not given
+            minimum=0.0, maximum=100.0, decimals=4, singleStep=0.05, suffix=" µm/px",
+            specialValueText="not set", toolTip="The slide's microns per pixel at full "
+            "resolution (0.25 at 40x, 0.5 at 20x on most scanners)")
         self.mpp_spin.valueChanged.connect(self._mpp_entered)
         form.addRow("Slide µm/px", self.mpp_spin)
         self._user_mpp: dict[str, float] = {}  # image layer name -> µm/px the user gave
@@ -146,8 +145,7 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        self.status = QLabel("Ready.")
-        self.status.setWordWrap(True)
+        self.status = QLabel("Ready.", wordWrap=True)
         self.legend = LegendWidget()
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -184,7 +182,7 @@ class SegmentWidget(QWidget):
             return None, "", False
         own = layer_mpp(layer)
         if own is not None:
-            source = (layer.metadata or {}).get("lpd_mpp_source") or "the layer's scale"
+            source = LayerMeta.from_layer(layer).mpp_source or "the layer's scale"
             return own, f"from {source}", False
         if layer.name in self._user_mpp:
             return self._user_mpp[layer.name], "entered by you", False
@@ -310,13 +308,20 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.handle = run_in_worker(
-            lambda: segment_job(request),
-            description="LPD segmentation",
-            total=lambda e: e.total, done=lambda e: e.done, describe=_describe,
+            lambda: segment_job(request), description="LPD segmentation",
+            total=lambda e: e.total, done=lambda e: e.done, describe=describe_stage,
             on_yield=self._on_events, on_return=self._on_done, on_error=self._on_error,
-            on_finish=self._on_finish, owner=self,
-        )
+            on_finish=self._on_finish, owner=self)
         return self.handle
+
+    def segment_view(self, layer: Image | None = None) -> RunHandle | None:
+        """The session's segmenter call (Fine-tune's re-segmentation): segment the visible
+        part of ``layer`` (when listed; default: the chosen image) with the chosen model.
+        Returns the run, or None when it did not start (a notification says why)."""
+        if layer is not None and self.image_combo.findText(layer.name) >= 0:
+            self.image_combo.setCurrentText(layer.name)
+        self.scope_combo.setCurrentText("Current view")
+        return self.run()
 
     def cancel(self) -> None:
         if self.handle is not None and self.handle.running:
@@ -359,17 +364,17 @@ class SegmentWidget(QWidget):
         self.legend.set_counts(outcome.counts, store.mpp,
                                assumed=store.mpp if outcome.mpp_assumed else None)
         self.status.setText(done_text(outcome))
-        keep = {Path(lyr.metadata["lpd_store"]) for lyr in self.viewer.layers
-                if isinstance(lyr, Labels) and lyr.metadata.get("lpd_store")}
-        prune_runs(keep)
+        stores = [LayerMeta.from_layer(lyr).store for lyr in self.viewer.layers
+                  if isinstance(lyr, Labels)]
+        prune_runs({Path(store) for store in stores if store})
         self.run_finished.emit(layer)
 
     def _result_of(self, store: Path) -> Labels | None:
         """The finished result layer showing ``store``, if one is open."""
         for layer in self.viewer.layers:
-            path = getattr(layer, "metadata", {}).get("lpd_store")
-            if isinstance(layer, Labels) and path and Path(path) == Path(store) \
-                    and layer.metadata.get("lpd_complete"):
+            meta = LayerMeta.from_layer(layer)
+            if isinstance(layer, Labels) and meta.store and Path(meta.store) == Path(store) \
+                    and meta.complete:
                 return layer
         return None
 
@@ -388,38 +393,3 @@ class SegmentWidget(QWidget):
             self.status.setText("Cancelled: this run's partial result was discarded (earlier "
                                 "results stay). Run again with the same settings to resume "
                                 "from the finished chunks.")
-
-
-def default_name() -> str:
-    """The default model's name (its checkpoint's metadata), for result layer names."""
-    from lpd.default_model import default_checkpoint_path
-
-    path = default_checkpoint_path()
-    try:
-        return str(read_checkpoint_metadata(path)[1].get("name") or path.stem)
-    except InputError:
-        return "default model"
-
-
-def done_text(outcome: SegmentOutcome) -> str:
-    """The status line of a finished run: size, magnification, and the passes made or
-    reused (a rerun of identical settings reuses its finished result: it says so)."""
-    store = outcome.store
-    h, w = store.shape
-    mpp = "µm/px unknown" if not store.mpp else f"{store.mpp:.3g} µm/px" + (
-        " (assumed)" if outcome.mpp_assumed else "")
-    made = outcome.forward_passes
-    reused = max(0, outcome.full_passes - made)
-    if made == 0 and reused:
-        return (f"Done: {w}×{h} px at {mpp}: the finished result of an identical run was "
-                f"reused ({reused} of {outcome.full_passes} model passes reused, none made).")
-    rate = made / outcome.elapsed if outcome.elapsed > 0 else 0.0
-    again = f"; reused {reused} of {outcome.full_passes} passes" if reused else ""
-    return (f"Done: {w}×{h} px at {mpp}, {made} model passes in {outcome.elapsed:.1f} s "
-            f"({rate:.1f} tiles/s){again}.")
-
-
-def _describe(event: JobEvent) -> str:
-    return {"training": "Training the default LPD model", "plan": "LPD segmentation",
-            "tiles": "LPD segmentation", "pyramid": "LPD: label pyramid",
-            "areas": "LPD: class areas"}.get(event.stage, "LPD")

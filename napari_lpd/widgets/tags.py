@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from qtpy import QtWidgets as qw
 from qtpy.QtCore import QSignalBlocker
 
 from lpd.classes import CLASS_COLOURS, CLASS_LONG_NAMES, CLASS_NAMES
-from lpd.data.slide import open_slide
 from lpd.data.tags import TagRegion, TagStore, cell_size, grid_cells, iter_export, sidecar_path
 from lpd.errors import InputError
-from napari_lpd._layers import image_shape, image_source, visible_region
+from napari_lpd._layers import TaggedImage, layer_file, opened_pixels, tagged_image, view_region
+from napari_lpd._parts import row_of
 from napari_lpd._workers import RunHandle, notify_error, run_in_worker
 
 TAGS_LAYER, GRID_LAYER = "LPD tags", "LPD tag grid"
@@ -37,44 +37,6 @@ MAX_UNDO = 20  # tag edits kept for Undo
 UNDO_KEY = KeyMod.CtrlCmd | KeyCode.KeyZ
 _DONE_ACTIONS = ("added", "removed", "changed")  # not the "...ing" events of a drag
 _UNTAGGED = (0.6, 0.6, 0.6, 1.0)
-
-
-@dataclass
-class TaggedImage:
-    layer: Image
-    path: Path  # the image file (its tags: lpd.data.tags.sidecar_path(path))
-    size: tuple[int, int]  # level-0 (height, width)
-    mpp: float | None
-
-
-def layer_file(layer: Any) -> Path | None:
-    """The file a layer came from: our reader's ``lpd_path``, else ``layer.source.path``."""
-    path = (getattr(layer, "metadata", None) or {}).get("lpd_path") or getattr(
-        getattr(layer, "source", None), "path", None)
-    return Path(path) if path else None
-
-
-def tagged_image(layer: Any) -> TaggedImage | None:
-    path = layer_file(layer) if isinstance(layer, Image) else None
-    return path and TaggedImage(layer, path, image_shape(layer), image_source(layer)[1])
-
-
-@contextlib.contextmanager
-def opened_pixels(layer: Image) -> Iterator[tuple[Any, float | None]]:
-    """(image for lpd, µm/px): our reader's slide file reopened lazily (never napari's
-    file handle; closed at the end), else the layer's own arrays."""
-    image, mpp, _ = image_source(layer)
-    with open_slide(image, mpp=mpp) if isinstance(image, Path) else \
-            contextlib.nullcontext(image) as pixels:
-        yield pixels, mpp
-
-
-def view_region(layer: Image) -> tuple[int, int, int, int] | None:
-    """The visible part of a layer (x, y, w, h, level-0 px); None: unknown (whole image)."""
-    try:
-        return visible_region(layer)
-    except (ValueError, IndexError):  # napari_lpd._layers.visible_region fails on RGB
-        return None
 
 
 def _rectangle(bbox: tuple[int, int, int, int]) -> np.ndarray:
@@ -422,8 +384,7 @@ class TagAnnotatorWidget(qw.QWidget):
         if not folder:
             return None
         store, layer = self.store, self.image.layer
-        options = {"patch_size": self.patch_spin.value(),
-                   "target_mpp": self.mpp_spin.value() or None}
+        options = dict(patch_size=self.patch_spin.value(), target_mpp=self.mpp_spin.value() or None)
 
         def job() -> Any:
             with opened_pixels(layer) as (image, mpp):
@@ -436,12 +397,3 @@ class TagAnnotatorWidget(qw.QWidget):
             on_return=lambda files: self.status.setText(
                 f"Exported {len(files)} patches to {Path(folder) / 'train'}."),
             on_finish=lambda handle: self.export_button.setEnabled(True))
-
-
-def row_of(*widgets: qw.QWidget) -> qw.QWidget:
-    row = qw.QWidget()
-    layout = qw.QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return row

@@ -32,10 +32,9 @@ from pathlib import Path
 
 from lpd._atomic import atomic_write_text
 from lpd._userfile import read_text
-from lpd.errors import InputError, LPDError
+from lpd.errors import InputError, LPDError, StoreMismatch
 
 REPORT_NAME = "batch-report.json"
-EXPORT_SUFFIXES = {"tiff": "-labels.tiff", "geojson": ".geojson", "csv": "-areas.csv"}
 _REGION = re.compile(r"^(\d+),(\d+),(\d+),(\d+)$")
 
 
@@ -146,14 +145,16 @@ def read_task_file(path: str | Path) -> list[BatchTask]:
 
 
 def output_paths(out_dir: Path, name: str, exports: Sequence[str]) -> tuple[Path, dict[str, Path]]:
-    return out_dir / f"{name}.zarr", {k: out_dir / f"{name}{EXPORT_SUFFIXES[k]}" for k in exports}
+    from lpd.io.formats import export_paths
+
+    return out_dir / f"{name}.zarr", export_paths(name, out_dir, exports)
 
 
 def default_threads() -> int:
     """Torch threads on CPU: one core is left to the reader thread (and the system).
     Measured by ``lpd bench throughput`` on 2 shared cores: 1 torch thread + the reader gave
     3x the throughput of 2 torch threads, which collapse when the cores are busy
-    (DESIGN.md); on many cores one core less costs little."""
+    (docs/architecture.md, Threads); on many cores one core less costs little."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -200,7 +201,7 @@ def run_task(task: BatchTask, checkpoint: str, out_dir: str, options: BatchOptio
               "passes": 0, "tiles": 0, "tiles_skipped": 0, "seconds": 0.0, "error": None}
     try:
         torch.set_num_threads(options.torch_threads)
-        from lpd.io.export import export_csv, export_geojson, export_tiff
+        from lpd.io.formats import export
         from lpd.io.store import OutputStore
 
         done = (options.resume and OutputStore.is_store(store)
@@ -210,9 +211,7 @@ def run_task(task: BatchTask, checkpoint: str, out_dir: str, options: BatchOptio
             return result
         if not done:
             _predict(task, checkpoint, store, options, result)
-        writers = {"tiff": export_tiff, "geojson": export_geojson, "csv": export_csv}
-        for kind, path in files.items():
-            writers[kind](store, path)
+        export(store, formats=(), paths=files)
         result["status"] = "done"
     except Exception as exc:  # the task's error is reported, the batch goes on
         result["error"] = error_info(exc)
@@ -223,24 +222,25 @@ def run_task(task: BatchTask, checkpoint: str, out_dir: str, options: BatchOptio
 
 def _predict(task: BatchTask, checkpoint: str, store: Path, options: BatchOptions,
              result: dict) -> None:
-    from lpd.data.slide import open_slide
-    from lpd.infer.tiled import predict_tiled, run_tiled
+    from lpd.progress import drive
+    from lpd.segmentation import segment_iter
 
     model = _load_model(checkpoint, options.device)
-    with open_slide(task.slide, mpp=options.mpp) as slide:
-        res = run_tiled(predict_tiled(
-            model, slide, region=task.region, level=options.level,
-            target_mpp=options.target_mpp, allow_resample=options.allow_resample,
-            batch_size=options.batch_size,
-            device=options.device, store=store, prototypes=options.prototypes,
-            resume=options.resume))
+    res = drive(segment_iter(
+        model, task.slide, mpp=options.mpp, region=task.region, level=options.level,
+        target_mpp=options.target_mpp, allow_resample=options.allow_resample,
+        batch_size=options.batch_size, device=options.device, out=store,
+        prototypes=options.prototypes, resume=options.resume)).result
     gy, gx = res.plan.grid
     result.update(passes=res.forward_passes, tiles=gy * gx, tiles_skipped=res.tiles_skipped)
 
 
 def error_info(exc: BaseException) -> dict:
     """Name and message of an error; a traceback too when it is not a user-facing error."""
-    message = str(exc).replace("pass resume=False", "pass resume=False (lpd batch --no-resume)")
+    message = str(exc)
+    if isinstance(exc, StoreMismatch):
+        message = message.replace("pass resume=False", "pass resume=False (lpd batch "
+                                  "--no-resume)")
     info = {"type": type(exc).__name__, "message": message}
     if not isinstance(exc, LPDError):
         info["traceback"] = "".join(traceback.format_exception(exc)[-6:])

@@ -88,7 +88,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """One-stage training schedule (DESIGN.md, the method)."""
+    """One-stage training schedule (docs/method.md, Training)."""
 
     steps: int = 600
     batch_size: int = 10

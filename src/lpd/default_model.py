@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import fnmatch
 import hashlib
 import json
@@ -237,7 +236,7 @@ def train_on_tiles(run: RunConfig, tiles: TileFolder, tile_mpps: dict[Path, floa
     shipped model and the leave-one-release-out benchmark both use it."""
     from lpd.data.sources import TRAIN_MOSAIC_SEED, pooled_mosaic_dataset
     from lpd.model import create_model
-    from lpd.train import Trainer, seed_everything
+    from lpd.trainer import Trainer, seed_everything
 
     seed_everything(run.train.seed)
     config = ModelConfig.from_dict(run.model.to_dict())
@@ -321,28 +320,27 @@ def held_apart_dataset(model: ModelConfig, recipe: Recipe | None = None) -> Any:
 def score_held_apart(checkpoint: str | Path, recipe: Recipe | None = None,
                      device: Any = "cpu") -> dict[str, Any]:
     """Scores of a checkpoint on the held-apart mosaics, both protocols and the
-    one-class guess (``lpd.evaluate.Evaluation.as_dict``)."""
+    one-class guess (``lpd.evaluation.Evaluation.as_dict``)."""
     from torch.utils.data import DataLoader
 
-    from lpd.evaluate import evaluate
+    from lpd.evaluation import score
     from lpd.io.checkpoint import load_checkpoint
 
     recipe = recipe or load_recipe()
     model = load_checkpoint(checkpoint, device)
     loader = DataLoader(held_apart_dataset(model.config, recipe),
                         batch_size=int(recipe.raw["evaluation"].get("batch_size", 8)))
-    return evaluate(model, loader, device).as_dict()
+    return score(model, loader, device).as_dict()
 
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    """One trainer at a time per file (the demo and the plugin may race)."""
-    with open(path.with_suffix(".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One trainer at a time per file (the demo and the plugin may race): a lock file
+    beside it, held through ``filelock`` (portable: POSIX and Windows)."""
+    from filelock import FileLock
+
+    with FileLock(path.with_suffix(".lock")):
+        yield
 
 
 def _summary(scores: dict[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,12 @@ from lpd.data.sample import CMU_SLIDE
 from lpd.data.slide import open_slide
 from lpd.default_model import held_apart_dataset
 from lpd.errors import Cancelled, InputError
-from lpd.evaluate import evaluate
+from lpd.evaluation import score
 from lpd.infer.device import resolve_device
 from lpd.infer.patch import predict_patches
-from lpd.infer.tiled import predict_tiled
 from lpd.io.checkpoint import load_checkpoint
+from lpd.progress import drive
+from lpd.segmentation import segment_iter
 from lpd.viz import colourise_labels, overlay_heatmap, overlay_labels
 
 # on_progress(stage, done, total): stages "default model", "mosaics", "slide"
@@ -137,7 +138,7 @@ def compute_demo(
     if mosaics is not None:
         dataset.length = max(1, int(mosaics))  # the same stream, fewer or more
     loader = DataLoader(dataset, batch_size=8)
-    scores = evaluate(model, loader, dev,
+    scores = score(model, loader, dev,
                       on_batch=lambda i: report("mosaics", i + 1, len(loader))).as_dict()
     images, truth, labels = [], [], []
     for i in range(len(dataset)):
@@ -159,25 +160,23 @@ def compute_demo(
             image = image[y : y + h, x : x + w]
             if image.size == 0:
                 raise InputError(CMU_SLIDE, f"region {region} is outside the slide")
-        gen = predict_tiled(model, image, mpp=slide.mpp, prototypes=True, device=dev)
-        try:
-            while True:
-                progress = next(gen)
-                report("slide", progress.done, progress.total)
-                if stop():
-                    gen.close()
-                    raise Cancelled("demo cancelled")
-        except StopIteration as done:
-            tiled = done.value
         slide_mpp = slide.mpp
+    try:
+        seg = drive(segment_iter(model, image, mpp=slide_mpp, prototypes=True, device=str(dev)),
+                    lambda p: report("slide", p.done, p.total), stop)
+    except Cancelled:
+        raise Cancelled("demo cancelled") from None
+    with seg:  # a temporary store: read, then deleted
+        slide_labels = np.asarray(seg.labels()[...])
+        prototype_maps = np.asarray(seg.store.prototypes[...], np.float32)
     timings["slide"] = time.perf_counter() - t1
-    stride = image.shape[0] / tiled.prototypes.shape[1]
+    stride = image.shape[0] / prototype_maps.shape[1]
     cfg = model.config
     timings["total"] = time.perf_counter() - t0
     return DemoResult(
         checkpoint=Path(checkpoint), class_names=cfg.class_names, colours=cfg.class_colours,
         k=model.k, slide_name=CMU_SLIDE.name, slide_mpp=slide_mpp, slide_image=image,
-        slide_labels=tiled.labels, prototype_maps=tiled.prototypes.astype(np.float32),
+        slide_labels=slide_labels, prototype_maps=prototype_maps,
         prototype_stride=float(stride), mosaic_images=images, mosaic_truth=truth,
         mosaic_labels=labels, mosaic_scores=scores, timings=timings,
     )

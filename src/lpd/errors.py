@@ -22,5 +22,15 @@ class CheckpointError(InputError):
     """A checkpoint is unreadable, unsafe or made for another model."""
 
 
+class StoreMismatch(InputError):
+    """An existing prediction store holds a result made with other settings (another model,
+    region, magnification...): resume=False replaces it. ``differences`` names the keys."""
+
+    def __init__(self, path, differences) -> None:
+        self.differences = tuple(differences)
+        super().__init__(path, "holds a prediction made with other settings (differs in: "
+                         f"{', '.join(self.differences)}); pass resume=False to replace it")
+
+
 class Cancelled(LPDError):
     """Raised inside long work when the caller asked it to stop."""

@@ -1,6 +1,6 @@
 """Fine-tuning a checkpoint on tagged regions (``lpd.data.tags``), in the viewer or a script.
 
-``fine_tune`` is a generator over ``lpd.train.Trainer.steps()`` (the one training loop):
+``fine_tune`` is a generator over ``lpd.trainer.Trainer.steps()`` (the one training loop):
 it yields a ``TrainProgress`` per step and returns a ``FineTuneResult``. The new checkpoint
 is written atomically, under a new name, only at the end:
 
@@ -39,7 +39,7 @@ from lpd.errors import InputError
 from lpd.infer.device import resolve_device
 from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from lpd.model.lpd_model import LPDModel
-from lpd.train import Trainer, TrainProgress
+from lpd.trainer import Trainer, TrainProgress
 
 SUFFIX = ".safetensors"
 

@@ -29,7 +29,7 @@ def diversity_pseudo_mask(
     """Pseudo-mask for the diversity loss: 0 background, 1..C classes.
 
     Argmax of the per-image min-max normalised class CAMs, restricted to the image's tagged
-    classes, against a background channel at a fixed score (DESIGN.md, definitions)."""
+    classes, against a background channel at a fixed score (docs/method.md, Definitions)."""
     cams = cams.detach().float().relu()
     flat = cams.flatten(2)
     lo = flat.min(dim=2).values[..., None, None]

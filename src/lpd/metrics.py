@@ -1,4 +1,4 @@
-"""Segmentation metrics over the tissue classes (DESIGN.md, definitions).
+"""Segmentation metrics over the tissue classes (docs/method.md, Definitions).
 
 Ground truth 0 (background, OTHER tissue) is ignored; predicting background (0) on a tissue
 pixel is an error for that class. Means are over the C tissue classes with a defined IoU."""

@@ -71,3 +71,30 @@ def legend_strip(
     fig.canvas.draw()
     buf = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     return np.ascontiguousarray(buf)
+
+
+def dominant_prototype(labels: np.ndarray, protos: np.ndarray, k: int) -> np.ndarray:
+    """Per cell, which of its class's k prototypes responds most.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray, shape (H, W)
+        Class labels of the cells: 0 background, 1..C classes.
+    protos : numpy.ndarray, shape (C * k, H, W)
+        Prototype activations (e.g. logits) per cell, class-major: rows
+        ``(c - 1) * k .. c * k - 1`` are the prototypes of class c.
+    k : int
+        Prototypes per class.
+
+    Returns
+    -------
+    numpy.ndarray, shape (H, W), uint8
+        1 + the index (0..k-1) of the strongest prototype of the cell's class; 0 where the
+        label is background.
+    """
+    out = np.zeros(labels.shape, np.uint8)
+    for c in range(1, protos.shape[0] // k + 1):
+        mask = labels == c
+        if mask.any():
+            out[mask] = np.argmax(protos[(c - 1) * k : c * k][:, mask], axis=0) + 1
+    return out

@@ -13,24 +13,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from lpd.batch import BatchOptions, BatchTask, parse_task, read_task_file, run_batch
 from lpd.cli.main import main
 from lpd.data.pyramid import write_synthetic_pyramid
 from lpd.errors import InputError
-from lpd.io.checkpoint import save_checkpoint
 from lpd.io.store import OutputStore
-from lpd.model import create_model
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
+def inputs(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("batch")
-    torch.manual_seed(0)
-    model = create_model("resnet18", prototypes_per_class=2, input_size=128,
-                         microns_per_pixel=0.5)
-    ckpt = save_checkpoint(root / "tiny.safetensors", model)
+    ckpt = tiny_checkpoint
     a = write_synthetic_pyramid(root / "a.tiff", (256, 320), tile=128, seed=1, mpp=0.5)
     b = write_synthetic_pyramid(root / "b.tiff", (320, 256), tile=128, seed=7, mpp=0.5)
     whole = write_synthetic_pyramid(root / "broken.tiff", (256, 256), tile=128, seed=1)

@@ -126,7 +126,7 @@ def test_bank_is_installed_fixed_and_saved(tmp_path: Path) -> None:
     assert out.cos_maps[-1].abs().max() <= 1 + 1e-5
     from lpd.config import TrainConfig
     from lpd.data.sources import mosaic_dataset
-    from lpd.train import Trainer
+    from lpd.trainer import Trainer
 
     temperature = model.head.log_temperature.detach().clone()
     data = mosaic_dataset(folder, model.config, 4, seed=1, augment=True)

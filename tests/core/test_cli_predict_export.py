@@ -9,28 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from lpd.cli import predict_cmd
 from lpd.cli.main import main
 from lpd.data.pyramid import write_synthetic_pyramid
 from lpd.io import store as store_module
-from lpd.io.checkpoint import save_checkpoint
 from lpd.io.store import OutputStore
-from lpd.model import create_model
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """A tiny model (input 128, halo 32: output tiles of 64 px) and two generated slides."""
+def files(tmp_path_factory, tiny_checkpoint, small_slide) -> dict[str, Path]:
+    """A tiny model (input 128, halo 32: output tiles of 64 px) and two generated slides
+    (``small_slide``: 384 x 448 px at 0.5 µm/px)."""
     root = tmp_path_factory.mktemp("predict")
-    torch.manual_seed(0)
-    model = create_model("resnet18", prototypes_per_class=2, input_size=128,
-                         microns_per_pixel=0.5)
-    ckpt = save_checkpoint(root / "tiny.safetensors", model)
-    slide = write_synthetic_pyramid(root / "slide.tiff", (384, 448), tile=128, seed=1, mpp=0.5)
     nompp = write_synthetic_pyramid(root / "nompp.tiff", (256, 256), tile=128, seed=1, mpp=None)
-    return {"ckpt": ckpt, "slide": slide, "nompp": nompp}
+    return {"ckpt": tiny_checkpoint, "slide": small_slide, "nompp": nompp}
 
 
 def predict(files, slide: str, out: Path, *extra: str) -> int:

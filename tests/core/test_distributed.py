@@ -27,7 +27,7 @@ WORKER = textwrap.dedent('''
     from lpd.data.datasets import tags_from_labels, to_tensor
     from lpd.data.synthetic import synthetic_tissue
     from lpd.model import create_model
-    from lpd.train import Trainer
+    from lpd.trainer import Trainer
 
     class Logged(Dataset):
         def __init__(self, n):

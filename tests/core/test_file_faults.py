@@ -22,8 +22,8 @@ from lpd.cli.main import main
 from lpd.data.bcss import check_eval_masks, find_bcss, read_bcss_mask, write_bcss_sample
 from lpd.data.tags import TagStore, sidecar_path
 from lpd.errors import CheckpointError, InputError
-from lpd.evaluate import evaluate
-from lpd.io.checkpoint import read_checkpoint_metadata, save_checkpoint
+from lpd.evaluation import score
+from lpd.io.checkpoint import read_checkpoint_metadata
 from lpd.io.export import export_geojson, export_tiff, store_extent
 from lpd.io.store import OutputStore
 from lpd.model import create_model
@@ -176,17 +176,10 @@ def test_evaluate_refuses_ground_truth_without_labels() -> None:
                          prototype_dim=8, input_size=64)
     batch = (torch.rand(2, 3, 64, 64), torch.ones(2, 4), torch.zeros(2, 64, 64, dtype=torch.long))
     with pytest.raises(InputError, match="no labelled pixel") as exc:
-        evaluate(model, [batch], require_labels=True, source="masks/")
+        score(model, [batch], require_labels=True, source="masks/")
     assert exc.value.path == "masks/"
-    loose = evaluate(model, [batch])  # training's validation: NaN, skipped there
+    loose = score(model, [batch])  # training's validation: NaN, skipped there
     assert np.isnan(loose.scores["predicted"].miou)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    model = create_model("resnet18", pretrained=False, prototypes_per_class=1,
-                         prototype_dim=8, input_size=64)
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors", model)
 
 
 @pytest.mark.parametrize("fault", ["greyscale", "background"])

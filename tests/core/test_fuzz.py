@@ -226,10 +226,8 @@ def test_sidecar_bytes(tmp_path, raw) -> None:
 
 # -- checkpoints -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("resnet18", prototypes_per_class=2, prototype_dim=16, input_size=96)
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "m.safetensors", model)
+def real_ckpt(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @functools.cache

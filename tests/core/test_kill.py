@@ -24,7 +24,6 @@ from lpd.data.tags import TagStore
 from lpd.infer.tiled import predict_tiled, run_tiled
 from lpd.io.checkpoint import read_checkpoint_metadata
 from lpd.io.store import OutputStore
-from lpd.model import create_model
 
 KILLS = 2  # each child pays the torch import: a few kills keep this quick
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -129,11 +128,10 @@ def test_sigkill_while_saving_tags(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def predict_setup():
+def predict_setup(new_tiny_model):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(1)
-    model = create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
+    model = new_tiny_model()  # the model the "predict" child builds (conftest.TINY_MODEL)
     image, _ = synthetic_tissue(256, 5, background=False)
     run = functools.partial(predict_tiled, model, image, device="cpu", halo=16, chunk=64,
                             batch_size=1, tissue_threshold=None)

@@ -121,11 +121,10 @@ def test_reinhard_normaliser_matches_the_reference():
     assert isinstance(normalizer_for(cfg), ReinhardNormalizer)
 
 
-def test_tiled_inference_applies_the_models_stain_normalisation():
+def test_tiled_inference_applies_the_models_stain_normalisation(tiny_model):
     """A model trained on normalised patches sees normalised windows on a slide too."""
     ref = (65.0, 25.0, -15.0, 14.0, 9.0, 7.0)
-    torch.manual_seed(0)
-    plain = create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
+    plain = tiny_model
     normed = create_model("resnet18", prototypes_per_class=2, input_size=96,
                           stain_normalisation="reinhard", stain_reference=ref).eval()
     normed.load_state_dict(plain.state_dict())
@@ -159,7 +158,7 @@ def test_test_time_flips_make_the_model_flip_equivariant():
 
 def test_frozen_backbone_trains_the_head_only():
     from lpd.data.sources import mosaic_dataset
-    from lpd.train import Trainer
+    from lpd.trainer import Trainer
 
     model = create_model("resnet18", prototypes_per_class=2, input_size=64)
     before_b = [p.detach().clone() for p in model.backbone.parameters()]

@@ -15,7 +15,6 @@ import torch
 from lpd.data.synthetic import synthetic_tissue
 from lpd.errors import LPDError
 from lpd.infer.tiled import predict_tiled, run_tiled
-from lpd.model import create_model
 
 predict = functools.partial(predict_tiled, device="cpu", tissue_threshold=None, halo=16)
 
@@ -39,9 +38,8 @@ def reference(small_model, image):
 
 
 @pytest.fixture(scope="module")
-def small_model():
-    torch.manual_seed(1)
-    return create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
+def small_model(new_tiny_model):
+    return new_tiny_model()
 
 
 class FailingForward:

@@ -65,8 +65,8 @@ def test_predicted_presence_threshold_and_fallback() -> None:
     assert present[1].tolist() == [False, False, True, False]
 
 
-def test_predict_patches_protocols() -> None:
-    model = create_model("resnet18", prototypes_per_class=2).eval()
+def test_predict_patches_protocols(tiny_model) -> None:
+    model = tiny_model
     x = torch.randn(2, 3, 96, 96)
     tags = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 1]])
     oracle = predict_patches(model, x, "oracle", tags)

@@ -11,7 +11,6 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from skimage.color import rgb2lab, rgb2ypbpr
 
@@ -19,7 +18,6 @@ from lpd.data.images import read_rgb
 from lpd.data.slide import open_slide
 from lpd.errors import InputError
 from lpd.infer.tiled import plan_tiled
-from lpd.model.lpd_model import create_model
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +30,8 @@ def _quiet_tifffile():
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(1)
-    return create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
+def model(new_tiny_model):
+    return new_tiny_model()
 
 
 def _rgb(h: int = 64, w: int = 48, seed: int = 0) -> np.ndarray:

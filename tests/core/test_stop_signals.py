@@ -14,11 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 from lpd.data.pyramid import write_synthetic_pyramid
-from lpd.io.checkpoint import save_checkpoint
-from lpd.model import create_model
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -79,11 +76,8 @@ def test_bench_accuracy_leaves_no_training_worker(tmp_path, sig) -> None:
     assert "terminated" in (tmp_path / "log.txt").read_text() or sig == signal.SIGINT
 
 
-def test_batch_leaves_no_cluster_process(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = create_model("resnet18", prototypes_per_class=2, input_size=128,
-                         microns_per_pixel=0.5)
-    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model)
+def test_batch_leaves_no_cluster_process(tmp_path, tiny_checkpoint) -> None:
+    ckpt = tiny_checkpoint
     slide = write_synthetic_pyramid(tmp_path / "a.tiff", (2048, 2048), tile=256, seed=1,
                                     mpp=0.5)
     args = ["batch", str(slide), "--out", str(tmp_path / "out"), "--checkpoint", str(ckpt),

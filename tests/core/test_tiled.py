@@ -33,7 +33,7 @@ predict = functools.partial(predict_tiled, device="cpu")
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """One intra-op thread: these tests check results, and on a busy machine two OpenMP
-    threads on shared cores are many times slower than one (DESIGN.md)."""
+    threads on shared cores are many times slower than one (docs/architecture.md, Threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -47,10 +47,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def small_model():
+def small_model(new_tiny_model):
     """Input 96 (halo 16: tiles of 64), so the mechanics tests need cheap forward passes."""
-    torch.manual_seed(1)
-    return create_model("resnet18", prototypes_per_class=2, input_size=96).eval()
+    return new_tiny_model()
 
 
 def single_pass(model, image: np.ndarray) -> torch.Tensor:

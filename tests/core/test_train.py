@@ -14,7 +14,7 @@ from lpd.data.datasets import tags_from_labels, to_tensor
 from lpd.data.synthetic import synthetic_tissue
 from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata
 from lpd.model import create_model
-from lpd.train import Trainer, train
+from lpd.trainer import Trainer, fit
 
 
 class SyntheticPatches(Dataset):
@@ -59,7 +59,7 @@ def test_training_changes_the_weights_and_lowers_the_loss(tmp_path: Path) -> Non
     torch.manual_seed(0)
     model = _model()
     before = model.head.prototypes.detach().clone()
-    result = train(model, _config(steps=25, div_weight=0.0), SyntheticPatches(16), None,
+    result = fit(model, _config(steps=25, div_weight=0.0), SyntheticPatches(16), None,
                    tmp_path)
     assert result.completed and result.steps_done == 25
     assert not torch.equal(before, model.head.prototypes.detach())
@@ -69,7 +69,7 @@ def test_training_changes_the_weights_and_lowers_the_loss(tmp_path: Path) -> Non
 
 def test_cancel_keeps_a_checkpoint_of_the_last_step(tmp_path: Path) -> None:
     calls = []
-    result = train(_model(), _config(steps=50), SyntheticPatches(8), None, tmp_path,
+    result = fit(_model(), _config(steps=50), SyntheticPatches(8), None, tmp_path,
                    on_progress=calls.append, should_stop=lambda: len(calls) >= 3)
     assert not result.completed and result.steps_done == 3
     assert read_checkpoint_metadata(result.last_checkpoint)[1]["step"] == 3
@@ -78,7 +78,7 @@ def test_cancel_keeps_a_checkpoint_of_the_last_step(tmp_path: Path) -> None:
 
 def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
     calls = []
-    train(_model(), _config(steps=6), SyntheticPatches(8), None, tmp_path,
+    fit(_model(), _config(steps=6), SyntheticPatches(8), None, tmp_path,
           on_progress=calls.append, should_stop=lambda: len(calls) >= 2)
     trainer = Trainer(_model(), _config(steps=6), SyntheticPatches(8), None, tmp_path,
                       resume=True)
@@ -91,7 +91,7 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
 def test_seeded_training_is_reproducible(tmp_path: Path) -> None:
     a, b = _model(), _model()
     b.load_state_dict(a.state_dict())
-    train(a, _config(), SyntheticPatches(8), None, None)
-    train(b, _config(), SyntheticPatches(8), None, None)
+    fit(a, _config(), SyntheticPatches(8), None, None)
+    fit(b, _config(), SyntheticPatches(8), None, None)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), k

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from lpd.config import TrainConfig
 from lpd.data.sample import KATHER2016_TILES
 from lpd.data.sources import evaluation_dataset, training_sources
-from lpd.evaluate import evaluate
+from lpd.evaluation import score
 from lpd.model import create_model
-from lpd.train import train
+from lpd.trainer import fit
 
 STEPS = 120
 MIN_PREDICTED_MIOU = 0.60  # one-class-per-patch guess on these mosaics: ~0.42
@@ -31,14 +31,14 @@ def trained():
                          threads=2)
     sources = training_sources(KATHER2016_TILES, model.config, config,
                                mosaics=STEPS * config.batch_size, tile_mpp=0.495)
-    train(model, config, sources.train)
+    fit(model, config, sources.train)
     return model
 
 
 def test_short_training_beats_one_class_guess(trained) -> None:
     held_apart = evaluation_dataset(KATHER2016_TILES, trained.config, mosaics=48,
                                     tile_mpp=0.495)
-    result = evaluate(trained, DataLoader(held_apart, batch_size=16))
+    result = score(trained, DataLoader(held_apart, batch_size=16))
     predicted = result.scores["predicted"].miou
     oracle = result.scores["oracle"].miou
     guess = result.scores["one_class_guess"].miou

@@ -7,7 +7,7 @@ import torch
 @pytest.fixture
 def isolated_one_thread(tmp_path, monkeypatch):
     """A fresh lpd cache per test (no run resumes another's store) and one torch thread:
-    2 threads on 2 busy cores collapse (DESIGN.md)."""
+    2 threads on 2 busy cores collapse (docs/architecture.md, Threads)."""
     monkeypatch.setenv("LPD_CACHE_DIR", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

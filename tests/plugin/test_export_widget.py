@@ -11,8 +11,9 @@ import tifffile
 from helpers_segment import wait_for
 
 from lpd.io.store import OutputStore
+from lpd.io.store_tools import copy_store
 from napari_lpd._reader import napari_get_reader
-from napari_lpd.widgets.export import ExportWidget, copy_store, safe_name
+from napari_lpd.widgets.export import ExportWidget, safe_name
 
 
 def labels_map() -> np.ndarray:
@@ -32,12 +33,12 @@ def test_export_all_formats_and_open_again(make_napari_viewer, qtbot, tmp_path) 
     widget.folder_edit.setText(str(tmp_path / "out"))
     wait_for(qtbot, widget.export())
     names = sorted(p.name for p in widget.written)
-    assert names == ["GT_demo.geojson", "GT_demo.ome.zarr", "GT_demo.tif", "GT_demo_areas.csv"]
+    assert names == ["GT_demo-areas.csv", "GT_demo-labels.tiff", "GT_demo.geojson", "GT_demo.ome.zarr"]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == names  # no temp files left behind
     # TIFF: the same labels, read back by the plugin's reader as Labels in µm
-    np.testing.assert_array_equal(tifffile.imread(out / "GT_demo.tif"), labels_map())
-    [(data, meta, kind)] = napari_get_reader(str(out / "GT_demo.tif"))(str(out / "GT_demo.tif"))
+    np.testing.assert_array_equal(tifffile.imread(out / "GT_demo-labels.tiff"), labels_map())
+    [(data, meta, kind)] = napari_get_reader(str(out / "GT_demo-labels.tiff"))(str(out / "GT_demo-labels.tiff"))
     assert kind == "labels" and np.allclose(meta["scale"], (0.5, 0.5))
     np.testing.assert_array_equal(np.asarray(data), labels_map())
     # OME-Zarr: a complete store with the same labels
@@ -50,7 +51,7 @@ def test_export_all_formats_and_open_again(make_napari_viewer, qtbot, tmp_path) 
     assert classes == {"TUM", "STR", "LYM", "NEC"}
     assert all(f["properties"]["objectType"] == "annotation" for f in features)
     # CSV: areas in µm² (0.25 µm² per pixel)
-    rows = {r["class"]: r for r in csv.DictReader((out / "GT_demo_areas.csv").open())}
+    rows = {r["class"]: r for r in csv.DictReader((out / "GT_demo-areas.csv").open())}
     assert int(rows["TUM"]["pixels"]) == 100 * 170
     assert float(rows["TUM"]["area_um2"]) == pytest.approx(100 * 170 * 0.25)
     assert "Exported" in widget.status.text()
@@ -68,7 +69,7 @@ def test_unfinished_result_is_refused(make_napari_viewer, tmp_path) -> None:
 
 
 def test_copy_store_replaces_atomically(tmp_path) -> None:
-    from napari_lpd._writer import store_from_labels
+    from lpd.io.store_tools import store_from_labels
 
     a = store_from_labels(labels_map(), tmp_path / "a.zarr")
     target = copy_store(a, tmp_path / "copy.zarr")

@@ -64,7 +64,7 @@ def _manifest():
 def exports(tmp_path_factory) -> list[str]:
     """Our own exports of a small label map: the zarr store, the label TIFF."""
     from lpd.io.export import export_tiff
-    from napari_lpd._writer import store_from_labels
+    from lpd.io.store_tools import store_from_labels
 
     out = tmp_path_factory.mktemp("exports")
     labels = np.zeros((200, 240), np.uint8)

@@ -9,7 +9,8 @@ from helpers_segment import tiny_checkpoint, wait_for
 
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
 from lpd.colours import class_shades, contrast_ratio
-from napari_lpd._layers import dominant_name, dominant_prototype, heatmap_name, labels_name
+from lpd.viz import dominant_prototype
+from napari_lpd._layers import dominant_name, heatmap_name, labels_name
 from napari_lpd.widgets.prototypes import PrototypeWidget, dominant_palette, grid_of
 from napari_lpd.widgets.segment import SegmentWidget
 

@@ -11,9 +11,10 @@ import pytest
 from lpd.classes import CLASS_COLOURS
 from lpd.data.sample import CMU_SLIDE, TCGA_SLIDE
 from lpd.io.store import OutputStore
+from lpd.io.store_tools import store_from_labels
 from napari_lpd._layers import INCOMPLETE
 from napari_lpd._reader import napari_get_reader
-from napari_lpd._writer import store_from_labels, write_labels_geojson, write_labels_tiff
+from napari_lpd._writer import write_labels_geojson, write_labels_tiff
 
 
 def read(path):

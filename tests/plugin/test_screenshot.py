@@ -7,8 +7,8 @@ import numpy as np
 from helpers_segment import small_he
 
 from lpd.classes import CLASS_COLOURS
+from lpd.io.store_tools import store_from_labels
 from napari_lpd._reader import read_store
-from napari_lpd._writer import store_from_labels
 
 
 def test_label_overlay_is_visible(make_napari_viewer, tmp_path) -> None:

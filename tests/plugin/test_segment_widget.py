@@ -9,7 +9,7 @@ import pytest
 from helpers_segment import small_he, tiny_checkpoint, wait_for
 
 from napari_lpd._layers import RUNNING, labels_name, visible_region
-from napari_lpd.widgets._segment_job import Preview
+from napari_lpd._segment_job import Preview
 from napari_lpd.widgets.segment import SegmentWidget
 
 pytestmark = pytest.mark.usefixtures("isolated_one_thread")
@@ -190,8 +190,7 @@ def test_default_model_is_trained_first_with_its_own_progress(
     monkeypatch.setenv("LPD_DEFAULT_MODEL", str(tmp_path / "default.safetensors"))
 
     from lpd.default_model import default_checkpoint_path
-    from napari_lpd import _workers
-    from napari_lpd.widgets import _segment_job
+    from napari_lpd import _segment_job, _workers
 
     def fake_training(device):  # stands in for the minutes-long real one
         for step in range(1, 4):
@@ -234,7 +233,7 @@ def test_cancel_during_default_training_writes_no_model(
     monkeypatch.setenv("LPD_DEFAULT_MODEL", str(tmp_path / "default.safetensors"))
 
     from lpd.default_model import default_checkpoint_path
-    from napari_lpd.widgets import _segment_job
+    from napari_lpd import _segment_job
 
     def slow_training(device):
         for step in range(1, 200):
@@ -325,7 +324,7 @@ def test_known_magnification_is_shown_with_its_source(make_napari_viewer, checkp
 
 
 def test_legend_areas_use_one_unit() -> None:
-    from napari_lpd.widgets.legend import format_areas
+    from napari_lpd._parts import format_areas
 
     assert format_areas([52_600, 1_260, 0]) == ["0.053 mm²", "0.001 mm²", "0.000 mm²"]
     assert format_areas([5_000, 12.5]) == ["5000 µm²", "12 µm²"]

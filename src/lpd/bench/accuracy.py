@@ -30,12 +30,12 @@ from lpd.data.datasets import collate
 from lpd.data.mosaic import TileFolder
 from lpd.data.sources import HELD_APART_SEED, TRAIN_MOSAIC_SEED, mosaic_dataset
 from lpd.errors import InputError
-from lpd.evaluate import evaluate
+from lpd.evaluation import score
 from lpd.io.checkpoint import save_checkpoint
 from lpd.model import create_model
 from lpd.model.lpd_model import LPDModel
 from lpd.model.prototype_bank import build_bank, install_bank
-from lpd.train import Trainer, seed_everything
+from lpd.trainer import Trainer, seed_everything
 
 EVAL_SETS = ("held_apart", "test")
 # Both evaluation sets use the stream `lpd evaluate` uses by default, so a number here can
@@ -313,7 +313,7 @@ class AccuracyBenchmark:
         sweep: dict[str, Any] = {}
         for which in EVAL_SETS:
             batches = self.eval_batches(model.config, which)
-            result = evaluate(model, batches, s.device).as_dict()
+            result = score(model, batches, s.device).as_dict()
             guess[which] = result.pop("one_class_guess")
             scores[which] = result
             if name in s.inference_sweep:

@@ -1,6 +1,6 @@
 """Inference-only settings swept on a trained model: the background exponent of the
 ``(1 - max)^p`` channel and the presence threshold of the predicted protocol. One forward
-pass per batch; every setting reuses its score maps (DESIGN.md: these are choices to be
+pass per batch; every setting reuses its score maps (docs/method.md, Definitions: these are choices to be
 measured, not retrained)."""
 
 from __future__ import annotations

@@ -34,30 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
     from lpd._atomic import atomic_write_text
     from lpd.cli._progress import progress_bar
-    from lpd.data.bcss import check_eval_masks
-    from lpd.data.datasets import BCSSEvalDataset
-    from lpd.data.sources import evaluation_dataset
-    from lpd.default_model import resolve_default
-    from lpd.evaluate import evaluate, format_table
-    from lpd.infer.device import resolve_device
-    from lpd.io.checkpoint import load_checkpoint
+    from lpd.evaluation import evaluate, format_table
+    from lpd.segmentation import load_model
 
-    device = resolve_device(args.device)
-    model = load_checkpoint(resolve_default(args.checkpoint), device)
+    model = load_model(args.checkpoint, args.device)
     _warn_in_sample(args.checkpoint, args.data)
-    dataset = evaluation_dataset(args.data, model.config, args.split, args.mosaics,
-                                 args.seed, args.tile_mpp)
-    if isinstance(dataset, BCSSEvalDataset):  # unusable masks: one clear line, before scoring
-        check_eval_masks(dataset.items)
-    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-    loader = DataLoader(dataset, batch_size=args.batch_size)
-    with progress_bar(len(loader), "evaluate", "batch") as bar:
-        result = evaluate(model, loader, device, protocols, on_batch=lambda _: bar.update(1),
-                          require_labels=True, source=args.data)
+    with progress_bar(None, "evaluate", "batch") as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate(model, args.data, protocol=args.protocol, split=args.split,
+                          mosaics=args.mosaics, seed=args.seed, tile_mpp=args.tile_mpp,
+                          batch_size=args.batch_size, on_progress=on_progress)
     print(format_table(result, model.config.class_names))
     if args.json:
         payload = {"checkpoint": str(args.checkpoint), "data": str(args.data), **result.as_dict()}

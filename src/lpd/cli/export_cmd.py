@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lpd.batch import EXPORT_SUFFIXES as SUFFIXES
 from lpd.errors import InputError
 
 
@@ -33,16 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def export_targets(store: Path, tiff: Path | None, geojson: Path | None, csv: Path | None,
                    out_dir: Path | None) -> dict[str, Path]:
     """The files to write: the ones named, else all three with default names."""
+    from lpd.io.formats import DEFAULT_FORMATS, export_paths, store_name
+
     named = {k: v for k, v in (("tiff", tiff), ("geojson", geojson), ("csv", csv)) if v}
     if named:
         return named
     folder = out_dir if out_dir is not None else store.parent
-    stem = store.name[:-5] if store.name.endswith(".zarr") else store.name
-    return {k: folder / f"{stem}{suffix}" for k, suffix in SUFFIXES.items()}
+    return export_paths(store_name(store), folder, DEFAULT_FORMATS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lpd.io.export import class_areas, export_csv, export_geojson, export_tiff
+    from lpd.io.export import class_areas
+    from lpd.io.formats import export
     from lpd.io.store import OutputStore
 
     store = OutputStore.open(args.store)
@@ -54,13 +55,11 @@ def run(args: argparse.Namespace) -> int:
     resolved = {p.resolve() for p in targets.values()}
     if len(resolved) < len(targets):
         raise InputError(None, "two exports would write the same file")
-    writers = {"tiff": export_tiff, "geojson": export_geojson, "csv": export_csv}
     if not store.complete:
         print(f"warning: {store.path} is INCOMPLETE; its exports show unfinished chunks as "
               "background")
-    for kind, path in targets.items():
-        writers[kind](store, path, allow_incomplete=args.allow_incomplete)
-        print(f"wrote {kind:8s}{path}")
+    export(store, formats=(), paths=targets, allow_incomplete=args.allow_incomplete,
+           on_file=lambda kind, path: print(f"wrote {kind:8s}{path}"))
     rows = class_areas(store, allow_incomplete=args.allow_incomplete)
     if store.mpp is None:
         print("note: microns per pixel unknown (not in the slide's metadata; pass --mpp to "

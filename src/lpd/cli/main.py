@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     # Before torch loads OpenMP: spinning workers collapse throughput when the two cores
-    # are shared (measured: a training step 25 s -> 2.4 s under load; DESIGN.md).
+    # are shared (measured: a training step 25 s -> 2.4 s under load; docs/architecture.md, Threads).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)

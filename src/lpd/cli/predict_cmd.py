@@ -87,18 +87,19 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, slide, threads: int) -> int:
     import torch
 
+    from lpd.errors import StoreMismatch
     from lpd.infer.device import resolve_device
-    from lpd.infer.tiled import plan_tiled, predict_tiled
-    from lpd.io.checkpoint import load_checkpoint
+    from lpd.infer.tiled import plan_tiled
     from lpd.io.store import OutputStore
+    from lpd.segmentation import halo_for, load_model, segment_iter
 
     torch.set_num_threads(threads)
     device = resolve_device(args.device)
     resume = not args.no_resume
     out: Path = args.out
-    model = load_checkpoint(checkpoint_for_cli(args.checkpoint, str(device)), device)
+    model = load_model(checkpoint_for_cli(args.checkpoint, str(device)), str(device))
     kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp,
-                  allow_resample=args.allow_resample)
+                  allow_resample=args.allow_resample, halo=halo_for(model))
     plan = plan_tiled(model, slide, **kwargs)
     grid = plan.grid
     total = grid[0] * grid[1]
@@ -109,10 +110,10 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
             before = int((~old.needed_tiles(grid)).sum())
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    gen = predict_tiled(
-        model, slide, **kwargs, batch_size=args.batch_size, device=device,
-        tissue_threshold=args.tissue_threshold or None, store=out,
-        prototypes=args.prototypes, resume=resume)
+    gen = segment_iter(
+        model, slide, **kwargs, batch_size=args.batch_size, device=str(device),
+        tissue_threshold=args.tissue_threshold or None, out=out,
+        prototypes=args.prototypes, resume=resume, plan=plan)
     t0 = time.perf_counter()
     try:
         with progress_bar(total, "tiles", "tile") as bar:
@@ -121,7 +122,7 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
                 try:
                     progress = next(gen)
                 except StopIteration as stop:
-                    result = stop.value
+                    result = stop.value.result
                     break
                 if progress.stage == "tiles":
                     bar.update(progress.done - bar.n)
@@ -131,11 +132,9 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
         gen.close()  # stops the reader thread; finished chunks stay on disk
         _report_interrupted(out)
         return 130
-    except InputError as exc:
-        if "resume=False" in exc.problem:
-            raise InputError(exc.path, exc.problem.replace("pass resume=False",
-                                                           "pass --no-resume")) from None
-        raise
+    except StoreMismatch as exc:
+        raise InputError(exc.path, exc.problem.replace("pass resume=False",
+                                                       "pass --no-resume")) from None
     _report_done(result, total, before, time.perf_counter() - t0, out)
     return 0
 

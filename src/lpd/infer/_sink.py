@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpd.errors import InputError
+from lpd.errors import InputError, StoreMismatch
 from lpd.infer._blend import AxisGrid
 from lpd.infer._plan import TilePlan
 from lpd.io.store import OutputStore
@@ -89,8 +89,7 @@ def open_sink(
     if stored != fingerprint:
         diff = sorted(k for k in set(stored) | set(fingerprint)
                       if stored.get(k) != fingerprint.get(k))
-        raise InputError(opened.path, "holds a prediction made with other settings "
-                         f"(differs in: {', '.join(diff)}); pass resume=False to replace it")
+        raise StoreMismatch(opened.path, diff)
     return opened
 
 

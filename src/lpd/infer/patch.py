@@ -1,4 +1,4 @@
-"""From model outputs to label maps (DESIGN.md, inference).
+"""From model outputs to label maps (docs/method.md, Inference on a patch).
 
 Two steps, kept apart so tiled inference can blend between them:
 1. ``score_maps``: the raw class logit maps of the fused scales, upsampled to the input

@@ -1,6 +1,6 @@
 """Whole-slide tiled inference over any 2D RGB array-like (numpy, dask, zarr) or a Slide.
 
-Definitions (DESIGN.md, "tiled inference blends before any per-image step"):
+Definitions (docs/method.md, Definitions: "tiled inference blends before any per-image step"):
 - Magnification: the output grid is the region at pyramid level ``level``, resized by
   ``resize = level_mpp / target_mpp`` (target: the checkpoint's microns per pixel unless
   overridden; no resize within 2 %). Without a level, the coarsest level at least as fine
@@ -137,6 +137,7 @@ def predict_tiled(
     amp: bool = True,
     roi: Sequence[Sequence[float]] | np.ndarray | None = None,
     allow_resample: bool = False,
+    plan: TilePlan | None = None,
 ) -> Generator[TiledProgress, None, TiledResult]:
     """Segment ``region`` (x, y, w, h in level-0 px; None = all) of ``image`` (an (H, W, 3)
     uint8 array-like or a Slide); see the module docstring. ``mpp``: the image's level-0
@@ -149,7 +150,8 @@ def predict_tiled(
     score maps too (tests, small regions). ``roi``: a polygon, (N, 2) vertices (x, y) in
     level-0 px (e.g. a QuPath or napari annotation): pixels outside it get label 0 and
     tiles outside it are not computed (``region`` should be its bounding box).
-    ``allow_resample``: resample by more than 8x, else refused (``plan_tiled``)."""
+    ``allow_resample``: resample by more than 8x, else refused (``plan_tiled``). ``plan``:
+    one ``plan_tiled`` made with the same settings (not made again)."""
     if batch_size < 1:
         raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
     if protocol not in ("predicted", "oracle"):
@@ -160,8 +162,9 @@ def predict_tiled(
     if presence is not None and len(presence) != cfg.num_classes:
         raise InputError(None, f"presence needs {cfg.num_classes} values (one per class), "
                          f"got {len(presence)}")
-    plan = plan_tiled(model, image, region=region, level=level, target_mpp=target_mpp,
-                      mpp=mpp, halo=halo, allow_resample=allow_resample)
+    if plan is None:
+        plan = plan_tiled(model, image, region=region, level=level, target_mpp=target_mpp,
+                          mpp=mpp, halo=halo, allow_resample=allow_resample)
     dev = resolve_device(None if device is None else str(device))
     gy, gx = plan.axis_grids()
     ty, tx = gy.count, gx.count

@@ -27,7 +27,8 @@ from napari_lpd._layers import (
     store_labels_layer,
     upsert_layer,
 )
-from napari_lpd.widgets._segment_job import Preview, SegmentOutcome
+from napari_lpd._metadata import LayerMeta
+from napari_lpd._segment_job import Preview, SegmentOutcome
 
 
 class LiveLabels:
@@ -53,7 +54,7 @@ class LiveLabels:
             "name": name + RUNNING, "scale": tuple(image.scale[-2:]),
             "translate": tuple(image.translate[-2:]), "units": tuple(image.units),
             "colormap": class_colormap(), "opacity": LABELS_OPACITY,
-            "metadata": {"lpd_complete": False},
+            "metadata": LayerMeta(complete=False).to_metadata(),
         }, "labels")
 
     def start(self, image: Any, plan: Any) -> None:
@@ -90,14 +91,14 @@ class LiveLabels:
         data, meta, kind = store_labels_layer(outcome.store, name, image.scale, image.translate,
                                               in_memory=outcome.labels)
         meta["units"] = tuple(image.units)
-        meta["metadata"].update({
-            "lpd_image": image.name, "lpd_k": outcome.k,
-            "lpd_prototypes": outcome.store.prototypes is not None,
-            "lpd_image_scale": tuple(float(s) for s in image.scale[-2:]),
-            "lpd_image_translate": tuple(float(t) for t in image.translate[-2:]),
-            "lpd_checkpoint": str(outcome.checkpoint),
-            "lpd_counts": [int(c) for c in outcome.counts],
-        })
+        meta["metadata"].update(LayerMeta(
+            image=image.name, k=outcome.k,
+            prototypes=outcome.store.prototypes is not None,
+            image_scale=tuple(float(s) for s in image.scale[-2:]),
+            image_translate=tuple(float(t) for t in image.translate[-2:]),
+            checkpoint=str(outcome.checkpoint),
+            counts=[int(c) for c in outcome.counts],
+        ).to_metadata())
         layer, preview = self.layer, self.preview
         if not meta["multiscale"] and layer is not None and layer in self.viewer.layers:
             same_grid = _set_transform(layer, meta["scale"], meta["translate"])

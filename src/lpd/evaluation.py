@@ -1,4 +1,9 @@
-"""Evaluation of a model on labelled patches under both presence protocols."""
+"""Evaluate a model: the one code path of the job (``lpd evaluate`` and ``lpd.evaluate``).
+
+``score`` scores a model over batches of labelled patches under both presence protocols
+(published: oracle, the image tags; ours too: predicted, the model's own presence);
+``evaluate`` is the job: a checkpoint and a data folder (a BCSS-WSSS split, or held-apart
+mosaics of a tile folder) in, an ``Evaluation`` out."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ class Evaluation:
         return out
 
 
-def evaluate(
+def score(
     model: LPDModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     device: torch.device | str = "cpu",
@@ -105,3 +110,75 @@ def format_table(evaluation: Evaluation, class_names: tuple[str, ...]) -> str:
 
 def _fmt(v: float) -> str:
     return "-" if np.isnan(v) else f"{v:.4f}"
+
+
+def evaluate(
+    checkpoint: str | os.PathLike[str] | LPDModel,
+    data: str | os.PathLike[str],
+    *,
+    protocol: str = "both",
+    split: str = "test",
+    mosaics: int = 64,
+    seed: int | None = None,
+    tile_mpp: float | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Score a checkpoint on a data folder (the ``lpd evaluate`` options as keywords).
+
+    Parameters
+    ----------
+    checkpoint : str or PathLike or LPDModel
+        A ``.safetensors`` checkpoint, ``"default"`` (the shipped model) or a model.
+    data : str or PathLike
+        A BCSS-WSSS folder (``split``/img and ``split``/mask) or a tile folder.
+    protocol : str
+        ``"predicted"``, ``"oracle"`` or ``"both"``.
+    split : str
+        ``"test"`` or ``"val"`` (BCSS-WSSS).
+    mosaics : int
+        Held-apart mosaics of a tile folder.
+    seed : int, optional
+        The mosaics' stream (default the held-apart seed).
+    tile_mpp : float, optional
+        Microns per pixel of the tiles.
+    batch_size : int
+        Patches per forward pass.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    on_progress : callable, optional
+        ``on_progress(batches_done, batches_total)``.
+
+    Returns
+    -------
+    Evaluation
+        Per protocol the scores (mIoU, mDice, FwIoU, per-class IoU), and the one-class
+        guess.
+
+    Raises
+    ------
+    InputError
+        Unreadable data, masks outside 0..4, or no labelled pixel at all.
+    """
+    from torch.utils.data import DataLoader
+
+    from lpd.data.bcss import check_eval_masks
+    from lpd.data.datasets import BCSSEvalDataset
+    from lpd.data.sources import HELD_APART_SEED, evaluation_dataset
+    from lpd.segmentation import load_model
+
+    if protocol not in (*PROTOCOLS, "both"):
+        raise InputError(None, f"unknown protocol {protocol!r} (predicted, oracle or both)")
+    model = load_model(checkpoint, device)
+    dataset = evaluation_dataset(data, model.config, split, mosaics,
+                                 HELD_APART_SEED if seed is None else seed, tile_mpp)
+    if isinstance(dataset, BCSSEvalDataset):  # unusable masks: one clear line, before scoring
+        check_eval_masks(dataset.items)
+    protocols = PROTOCOLS if protocol == "both" else (protocol,)
+    loader = DataLoader(dataset, batch_size=batch_size)
+    total = len(loader)
+    dev = next(model.parameters()).device
+    return score(model, loader, dev, protocols,
+                 on_batch=None if on_progress is None else lambda i: on_progress(i + 1, total),
+                 require_labels=True, source=data)

@@ -1,5 +1,6 @@
 """The segment widget's background job (no Qt here): resolve the checkpoint (training the
-default model only where its shipped weights are missing), plan, run ``predict_tiled`` into a zarr store, count class
+default model only where its shipped weights are missing), plan, run
+``lpd.segmentation.segment_iter`` (the one path of the job) into a zarr store, count class
 areas. A generator of ``JobEvent``s, run by ``napari_lpd._workers.run_in_worker``.
 
 Output: always a zarr ``OutputStore`` under ``<lpd cache>/runs/`` (memory stays bounded
@@ -19,16 +20,18 @@ from typing import Any
 import numpy as np
 
 from lpd.default_model import cache_dir, default_checkpoint_path, is_cached, train_default_model
-from lpd.errors import InputError
-from lpd.infer.tiled import TilePlan, plan_tiled, predict_tiled
-from lpd.io.checkpoint import load_checkpoint
+from lpd.errors import InputError, StoreMismatch
+from lpd.infer.tiled import TilePlan, plan_tiled
+from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata
 from lpd.io.export import class_areas
 from lpd.io.store import OutputStore
+from lpd.segmentation import halo_for, segment_iter
 from napari_lpd._layers import IN_MEMORY_MAX
 
 MAX_STORES = 8  # finished or cancelled runs kept in the cache (oldest removed first)
 # px a side of the live preview: each repaint re-slices, colours and uploads it whole, so
-# its cost grows with its pixels (2048² is a quarter of DESIGN.md's 4096² probe)
+# its cost grows with its pixels (2048² is a quarter of the 4096² probe in
+# docs/architecture.md, Threads and responsiveness)
 PREVIEW_MAX = 4096
 
 
@@ -131,20 +134,17 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
         yield JobEvent("plan", 0, _tiles(plan), _plan_text(plan), plan=plan)
         if resume:
             yield from _prefill(req.store, plan)
-        kwargs = dict(region=req.region, mpp=mpp, device=req.device, store=req.store,
-                      prototypes=req.prototypes, halo=halo_for(model), roi=req.roi)
+        kwargs = dict(region=req.region, mpp=mpp, device=req.device, out=req.store,
+                      prototypes=req.prototypes, roi=req.roi, plan=plan)
         try:
-            result = yield from _predict(model, image, plan, resume=resume, **kwargs)
-        except InputError as exc:
-            if not resume or "other settings" not in exc.problem:
-                raise
+            result = yield from _predict(model, image, resume=resume, **kwargs)
+        except StoreMismatch:  # the cached store holds another run: start it afresh
             yield JobEvent("plan", 0, _tiles(plan), _plan_text(plan), plan=plan)
-            result = yield from _predict(model, image, plan, resume=False, **kwargs)
+            result = yield from _predict(model, image, resume=False, **kwargs)
     finally:
         if slide is not None:
             slide.close()
     store = result.store
-    assert store is not None  # a store path was given
     yield JobEvent("areas", 0, 1, "Measuring class areas")
     counts = np.array([row["pixels"] for row in class_areas(store)], np.int64)
     h, w = store.shape
@@ -152,12 +152,6 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
     return SegmentOutcome(store, plan, counts, model.k, Path(checkpoint),
                           result.forward_passes, result.elapsed, labels, result.full_passes,
                           req.mpp_assumed)
-
-
-def halo_for(model: Any) -> int:
-    """predict_tiled's default halo (32 px), smaller for small model inputs (< 128 px),
-    where it must stay below a quarter of the input."""
-    return 32 if model.config.input_size >= 128 else 16
 
 
 def _tiles(plan: TilePlan) -> int:
@@ -171,14 +165,15 @@ def _plan_text(plan: TilePlan) -> str:
     return f"Segmenting {w}×{h} px{mpp}, level {plan.level}{notes}"
 
 
-def _predict(model, image, plan: TilePlan, resume: bool, **kwargs):
-    gen = predict_tiled(model, image, resume=resume, **kwargs)
+def _predict(model, image, resume: bool, **kwargs):
+    """``lpd.segmentation.segment_iter``, its progress as ``JobEvent``s."""
+    gen = segment_iter(model, image, resume=resume, **kwargs)
     try:
         while True:
             try:
                 p = next(gen)
             except StopIteration as stop:
-                return stop.value
+                return stop.value.result
             if p.stage == "pyramid":
                 yield JobEvent("pyramid", 0, 1, "Building the label pyramid")
             else:
@@ -186,7 +181,7 @@ def _predict(model, image, plan: TilePlan, resume: bool, **kwargs):
                 yield JobEvent("tiles", p.done, p.total,
                                f"Tiles {p.done}/{p.total}{skipped}", tiles=p.tiles)
     finally:
-        gen.close()  # closing this job closes predict_tiled (its reader thread stops)
+        gen.close()  # closing this job closes the tiles' generator (its reader thread stops)
 
 
 def _prefill(path: Path, plan: TilePlan) -> Generator[JobEvent, None, None]:
@@ -218,3 +213,37 @@ def _train_default(device: str) -> Generator[JobEvent, None, Path]:
                            f"{p.step}/{p.total}, loss {p.loss:.3f}{eta}")
     finally:
         gen.close()  # a cancelled training writes no checkpoint
+
+
+def default_name() -> str:
+    """The default model's name (its checkpoint's metadata), for result layer names."""
+    path = default_checkpoint_path()
+    try:
+        return str(read_checkpoint_metadata(path)[1].get("name") or path.stem)
+    except InputError:
+        return "default model"
+
+
+def done_text(outcome: SegmentOutcome) -> str:
+    """The status line of a finished run: size, magnification, and the passes made or
+    reused (a rerun of identical settings reuses its finished result: it says so)."""
+    store = outcome.store
+    h, w = store.shape
+    mpp = "µm/px unknown" if not store.mpp else f"{store.mpp:.3g} µm/px" + (
+        " (assumed)" if outcome.mpp_assumed else "")
+    made = outcome.forward_passes
+    reused = max(0, outcome.full_passes - made)
+    if made == 0 and reused:
+        return (f"Done: {w}×{h} px at {mpp}: the finished result of an identical run was "
+                f"reused ({reused} of {outcome.full_passes} model passes reused, none made).")
+    rate = made / outcome.elapsed if outcome.elapsed > 0 else 0.0
+    again = f"; reused {reused} of {outcome.full_passes} passes" if reused else ""
+    return (f"Done: {w}×{h} px at {mpp}, {made} model passes in {outcome.elapsed:.1f} s "
+            f"({rate:.1f} tiles/s){again}.")
+
+
+def describe_stage(event: JobEvent) -> str:
+    """The progress bar's text for the stage of ``event``."""
+    return {"training": "Training the default LPD model", "plan": "LPD segmentation",
+            "tiles": "LPD segmentation", "pyramid": "LPD: label pyramid",
+            "areas": "LPD: class areas"}.get(event.stage, "LPD")

@@ -1,4 +1,4 @@
-"""One-stage LPD training (DESIGN.md, schedule).
+"""One-stage LPD training (docs/method.md, Training).
 
 ``Trainer.steps()`` is a generator that yields a ``TrainProgress`` after every step, so a
 napari worker or the CLI drives it and can stop it between steps; ``Trainer.run()`` does
@@ -24,7 +24,7 @@ from lpd._atomic import atomic_write_text
 from lpd._userfile import read_json
 from lpd.config import TrainConfig
 from lpd.errors import Cancelled
-from lpd.evaluate import evaluate
+from lpd.evaluation import score
 from lpd.io.checkpoint import save_checkpoint
 from lpd.io.train_state import load_train_state, save_train_state
 from lpd.losses import (
@@ -286,8 +286,8 @@ class Trainer:
         if self.val_data is None or not self.dist.is_main:  # rank 0 validates and saves
             return None
         loader = DataLoader(self.val_data, batch_size=self.config.batch_size, shuffle=False)
-        score = evaluate(self.model, loader, self.device, protocols=("predicted",))
-        miou = score.scores["predicted"].miou
+        result = score(self.model, loader, self.device, protocols=("predicted",))
+        miou = result.scores["predicted"].miou
         if self.out_dir is not None and math.isfinite(miou) and (
             self.best_val is None or miou > self.best_val
         ):
@@ -312,7 +312,7 @@ def collate_images_tags(batch: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]
     return images, tags
 
 
-def train(
+def fit(
     model: LPDModel,
     config: TrainConfig,
     train_data: Dataset,
@@ -328,4 +328,4 @@ def train(
     return trainer.run(on_progress, should_stop)
 
 
-__all__ = ["Cancelled", "TrainProgress", "TrainResult", "Trainer", "train", "seed_everything"]
+__all__ = ["Cancelled", "TrainProgress", "TrainResult", "Trainer", "fit", "seed_everything"]
