@@ -21,11 +21,10 @@ import numpy as np
 
 from lpd.default_model import cache_dir, default_checkpoint_path, is_cached, train_default_model
 from lpd.errors import InputError, StoreMismatch
-from lpd.infer.tiled import TilePlan, plan_tiled
 from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata
 from lpd.io.export import class_areas
 from lpd.io.store import OutputStore
-from lpd.segmentation import halo_for, segment_iter
+from lpd.segmentation import TilePlan, halo_for, plan_tiled, segment_iter
 from napari_lpd._layers import IN_MEMORY_MAX
 
 MAX_STORES = 8  # finished or cancelled runs kept in the cache (oldest removed first)

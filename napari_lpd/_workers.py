@@ -1,6 +1,6 @@
 """Running ``lpd`` generators off the GUI thread (stardist-napari's pattern, with Cancel).
 
-The compute generator (e.g. ``lpd.infer.tiled.predict_tiled``) yields progress per tile
+The compute generator (e.g. ``lpd.segmentation.segment_iter``) yields progress per tile
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
 call per second (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lpd._atomic import atomic_path
 from lpd.errors import InputError
 from lpd.io.export import export_geojson, export_tiff
+from lpd.io.files import atomic_path
 from lpd.io.store import OutputStore
 from lpd.io.store_tools import store_from_labels
 from napari_lpd._metadata import LayerMeta

@@ -302,8 +302,7 @@ class FineTuneWidget(qw.QWidget):
         region = view_region(layer)
 
         def job() -> Any:
-            from lpd.infer.tiled import plan_tiled
-            from lpd.segmentation import halo_for, segment_iter
+            from lpd.segmentation import halo_for, plan_tiled, segment_iter
 
             model = load_checkpoint(checkpoint)
             with opened_pixels(layer) as (pixels, mpp):

@@ -7,7 +7,8 @@ Segment widget all run; ``segment`` drives it to the end for scripts. Steps:
 1. the model: an ``LPDModel``, a checkpoint path, or ``"default"`` (``load_model``);
 2. the image: a path (opened here with ``lpd.open_slide`` and closed at the end), a
    ``Slide`` or an (H, W, 3) uint8 array-like;
-3. the plan (level, magnification, output grid; ``lpd.infer.tiled.plan_tiled``);
+3. the plan (level, magnification, output grid; ``plan_tiled``, re-exported here with
+   ``TilePlan``: code outside ``lpd.infer`` reaches tiled inference through this module);
 4. the store: ``out`` (resumed when it holds the same prediction, else ``StoreMismatch``
    unless ``resume=False``), or a temporary one the ``Segmentation`` owns;
 5. the tiles (``predict_tiled``); closing the generator stops within one batch, finished
@@ -29,6 +30,9 @@ from lpd.infer.tiled import TiledProgress, TiledResult, TilePlan, plan_tiled, pr
 from lpd.io.store import OutputStore
 from lpd.model.lpd_model import LPDModel
 from lpd.progress import drive
+
+__all__ = ["Segmentation", "TilePlan", "TiledProgress", "TiledResult", "halo_for", "load_model",
+           "plan_tiled", "read_labels", "segment", "segment_iter"]
 
 
 def load_model(checkpoint: str | Path | LPDModel = "default", device: str = "auto",

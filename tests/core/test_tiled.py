@@ -13,16 +13,16 @@ import pytest
 import torch
 from helpers_models import PassCounter
 
+from lpd.data.region import RegionSource
 from lpd.data.sample import sample_path
 from lpd.data.synthetic import synthetic_tissue
+from lpd.data.tissue import SATURATION_CEIL, SATURATION_FLOOR
 from lpd.errors import InputError
 from lpd.infer._blend import extreme_samples, labels_on_part, local_interpolation
 from lpd.infer._plan import tissue_fractions
-from lpd.infer._reader import RegionSource
 from lpd.infer._sink import RESUME_STATE
 from lpd.infer.patch import labels_from_scores, predicted_presence, score_maps
 from lpd.infer.tiled import plan_tiled, predict_tiled, run_tiled
-from lpd.infer.tissue import SATURATION_CEIL, SATURATION_FLOOR
 from lpd.io.store import OutputStore
 from lpd.model import create_model
 

@@ -288,9 +288,6 @@ def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = No
     import torch
 
     from lpd.batch import default_threads
-    from lpd.data.pyramid import write_synthetic_pyramid
-    from lpd.data.slide import open_slide
-    from lpd.io.checkpoint import save_checkpoint
 
     say = log or (lambda msg: None)
     if s.threads is None:
@@ -305,74 +302,15 @@ def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = No
     report["model"] = {"backbone": cfg.backbone, "input_size": cfg.input_size,
                        "k": cfg.prototypes_per_class, "output_stride": cfg.output_stride,
                        "imagenet_weights": _has_pretrained(s, cfg.backbone)}
-    tile = cfg.input_size - 2 * HALO
     own_dir = s.workdir is None
     work = Path(tempfile.mkdtemp(prefix="lpd-bench-")) if own_dir else Path(s.workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        # (a) + (b), interleaved
-        side = max(cfg.input_size, math.ceil(math.sqrt(s.tiles / TISSUE_SHARE)) * tile)
-        slide_path = work / f"synthetic-{side}.tiff"
-        say(f"writing a {side} x {side} synthetic pyramid")
-        write_synthetic_pyramid(slide_path, (side, side), seed=SYNTHETIC_SEED, mpp=0.5)
-        rounds = []
-        with open_slide(slide_path) as slide:
-            say("warming up")
-            batch = slide_batch(model, slide, s.batch_size)
-            raw_forward(model, batch, s.batch_size)
-            end_to_end(model, slide, work / "warm.zarr", s.batch_size,
-                       region=(0, 0, cfg.input_size, cfg.input_size))
-            passes = 0
-            for r in range(s.rounds):
-                # alternate the order (b, a), (a, b), ... so neither always runs second
-                if r % 2 == 0 or not passes:
-                    b = end_to_end(model, slide, work / "e2e.zarr", s.batch_size)
-                    passes = b["passes"]
-                    a = raw_forward(model, batch, passes)
-                else:
-                    a = raw_forward(model, batch, passes)
-                    b = end_to_end(model, slide, work / "e2e.zarr", s.batch_size)
-                rounds.append({"raw": a, "end_to_end": b, "order": "b,a" if r % 2 == 0 else "a,b",
-                               "ratio": b["passes_per_s"] / a["passes_per_s"],
-                               "cpu_ratio": b["passes_per_cpu_s"] / a["passes_per_cpu_s"],
-                               "load": os.getloadavg()[0]})
-                say(f"round {r + 1}/{s.rounds}: raw {a['passes_per_s']:.2f}/s, end-to-end "
-                    f"{b['passes_per_s']:.2f}/s ({b['passes']} passes), ratio "
-                    f"{rounds[-1]['ratio']:.3f}, load {rounds[-1]['load']:.2f}")
-        raw_med = statistics.median(x["raw"]["passes_per_s"] for x in rounds)
-        e2e_med = statistics.median(x["end_to_end"]["passes_per_s"] for x in rounds)
-        report["rounds"] = rounds
-        report["raw_passes_per_s"] = raw_med
-        report["end_to_end_passes_per_s"] = e2e_med
-        report["ratio"] = statistics.median(x["ratio"] for x in rounds)
-        report["ratio_of_medians"] = e2e_med / raw_med
-        # per CPU second of this process: what the pipeline costs beyond the model, nearly
-        # blind to other processes' load (but also to stalls where a core sits idle)
-        report["cpu_ratio"] = statistics.median(x["cpu_ratio"] for x in rounds)
-        report["end_to_end_slide"] = {"side": side, "seed": SYNTHETIC_SEED, "mpp": 0.5,
-                                      "passes": rounds[-1]["end_to_end"]["passes"],
-                                      "tiles": rounds[-1]["end_to_end"]["tiles"]}
-        # (c) open the 100k x 100k pyramid
+        report.update(_measure_pipeline(s, model, work, say))  # (a) + (b), interleaved
         big = work / f"constant-{s.open_size}.tiff"
-        say(f"writing a {s.open_size} x {s.open_size} pyramid (uniform content)")
-        t0 = time.perf_counter()
-        write_synthetic_pyramid(big, (s.open_size, s.open_size), content="constant", mpp=0.5)
-        report["open"] = {"write_seconds": time.perf_counter() - t0,
-                          **open_time(big, s.open_repeats)}
-        say(f"open: {report['open']['seconds_median'] * 1000:.1f} ms (median)")
-        # (d) peak RSS, one child per run
-        if s.rss:
-            ckpt = save_checkpoint(work / "bench-model.safetensors", model)
-            with open_slide(big) as slide:
-                downs = list(slide.downsamples)
-            side_r = min(s.rss_region, s.open_size)
-            runs = {"region": ([0, 0, side_r, side_r], side_r), "slide": (None, s.open_size)}
-            report["rss"] = {}
-            for name, (region, length) in runs.items():
-                lv = level_for(length, downs, tile, s.rss_max_tiles)
-                say(f"peak RSS: {name} ({length} px side) at level {lv}")
-                report["rss"][name] = peak_rss(ckpt, big, region, lv, work / f"rss-{name}.zarr",
-                                               s.threads, s.batch_size, s.device)
+        report["open"] = _measure_open(s, big, say)  # (c)
+        if s.rss:  # (d) peak RSS, one child per run
+            report["rss"] = _measure_rss(s, model, big, work, say)
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -384,3 +322,96 @@ def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = No
             <= TARGETS["peak_rss_gib"]} if "rss" in report else {}),
     }
     return report
+
+
+def _measure_pipeline(s: ThroughputSettings, model, work: Path,
+                      say: Callable[[str], None]) -> dict:
+    """(a) the raw forward passes and (b) end-to-end tiled prediction of a synthetic
+    slide, in ``s.rounds`` interleaved rounds; the report's entries for them."""
+    from lpd.data.pyramid import write_synthetic_pyramid
+    from lpd.data.slide import open_slide
+
+    cfg = model.config
+    tile = cfg.input_size - 2 * HALO
+    side = max(cfg.input_size, math.ceil(math.sqrt(s.tiles / TISSUE_SHARE)) * tile)
+    slide_path = work / f"synthetic-{side}.tiff"
+    say(f"writing a {side} x {side} synthetic pyramid")
+    write_synthetic_pyramid(slide_path, (side, side), seed=SYNTHETIC_SEED, mpp=0.5)
+    rounds: list[dict] = []
+    with open_slide(slide_path) as slide:
+        say("warming up")
+        batch = slide_batch(model, slide, s.batch_size)
+        raw_forward(model, batch, s.batch_size)
+        end_to_end(model, slide, work / "warm.zarr", s.batch_size,
+                   region=(0, 0, cfg.input_size, cfg.input_size))
+        for r in range(s.rounds):
+            passes = rounds[-1]["end_to_end"]["passes"] if rounds else 0
+            rounds.append(_round(model, slide, batch, work / "e2e.zarr", s.batch_size, r,
+                                 passes))
+            a, b = rounds[-1]["raw"], rounds[-1]["end_to_end"]
+            say(f"round {r + 1}/{s.rounds}: raw {a['passes_per_s']:.2f}/s, end-to-end "
+                f"{b['passes_per_s']:.2f}/s ({b['passes']} passes), ratio "
+                f"{rounds[-1]['ratio']:.3f}, load {rounds[-1]['load']:.2f}")
+    raw_med = statistics.median(x["raw"]["passes_per_s"] for x in rounds)
+    e2e_med = statistics.median(x["end_to_end"]["passes_per_s"] for x in rounds)
+    return {
+        "rounds": rounds, "raw_passes_per_s": raw_med, "end_to_end_passes_per_s": e2e_med,
+        "ratio": statistics.median(x["ratio"] for x in rounds),
+        "ratio_of_medians": e2e_med / raw_med,
+        # per CPU second of this process: what the pipeline costs beyond the model, nearly
+        # blind to other processes' load (but also to stalls where a core sits idle)
+        "cpu_ratio": statistics.median(x["cpu_ratio"] for x in rounds),
+        "end_to_end_slide": {"side": side, "seed": SYNTHETIC_SEED, "mpp": 0.5,
+                             "passes": rounds[-1]["end_to_end"]["passes"],
+                             "tiles": rounds[-1]["end_to_end"]["tiles"]},
+    }
+
+
+def _round(model, slide, batch, store: Path, batch_size: int, r: int, passes: int) -> dict:
+    """One round of (a) and (b): the order alternates (b, a), (a, b), ... so neither
+    always runs second; (a) makes as many passes as (b) made (``passes``; 0: not known
+    yet, (b) first)."""
+    if r % 2 == 0 or not passes:
+        b = end_to_end(model, slide, store, batch_size)
+        passes = b["passes"]
+        a = raw_forward(model, batch, passes)
+    else:
+        a = raw_forward(model, batch, passes)
+        b = end_to_end(model, slide, store, batch_size)
+    return {"raw": a, "end_to_end": b, "order": "b,a" if r % 2 == 0 else "a,b",
+            "ratio": b["passes_per_s"] / a["passes_per_s"],
+            "cpu_ratio": b["passes_per_cpu_s"] / a["passes_per_cpu_s"],
+            "load": os.getloadavg()[0]}
+
+
+def _measure_open(s: ThroughputSettings, big: Path, say: Callable[[str], None]) -> dict:
+    """(c) write an ``s.open_size`` px square pyramid at ``big`` and time opening it."""
+    from lpd.data.pyramid import write_synthetic_pyramid
+
+    say(f"writing a {s.open_size} x {s.open_size} pyramid (uniform content)")
+    t0 = time.perf_counter()
+    write_synthetic_pyramid(big, (s.open_size, s.open_size), content="constant", mpp=0.5)
+    out = {"write_seconds": time.perf_counter() - t0, **open_time(big, s.open_repeats)}
+    say(f"open: {out['seconds_median'] * 1000:.1f} ms (median)")
+    return out
+
+
+def _measure_rss(s: ThroughputSettings, model, big: Path, work: Path,
+                 say: Callable[[str], None]) -> dict:
+    """(d) peak RSS of predicting a region and the whole of ``big``, one child each."""
+    from lpd.data.slide import open_slide
+    from lpd.io.checkpoint import save_checkpoint
+
+    tile = model.config.input_size - 2 * HALO
+    ckpt = save_checkpoint(work / "bench-model.safetensors", model)
+    with open_slide(big) as slide:
+        downs = list(slide.downsamples)
+    side_r = min(s.rss_region, s.open_size)
+    runs = {"region": ([0, 0, side_r, side_r], side_r), "slide": (None, s.open_size)}
+    out = {}
+    for name, (region, length) in runs.items():
+        lv = level_for(length, downs, tile, s.rss_max_tiles)
+        say(f"peak RSS: {name} ({length} px side) at level {lv}")
+        out[name] = peak_rss(ckpt, big, region, lv, work / f"rss-{name}.zarr", s.threads,
+                             s.batch_size, s.device)
+    return out

@@ -89,9 +89,8 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
 
     from lpd.errors import StoreMismatch
     from lpd.infer.device import resolve_device
-    from lpd.infer.tiled import plan_tiled
     from lpd.io.store import OutputStore
-    from lpd.segmentation import halo_for, load_model, segment_iter
+    from lpd.segmentation import halo_for, load_model, plan_tiled, segment_iter
 
     torch.set_num_threads(threads)
     device = resolve_device(args.device)

@@ -27,9 +27,9 @@ import platformdirs
 from lpd._atomic import atomic_path, atomic_write_text
 from lpd._userfile import read_json
 from lpd.classes import CLASS_NAMES
+from lpd.data.region import RegionSource
 from lpd.data.sample import SAMPLE_ROOT
 from lpd.errors import InputError
-from lpd.infer._reader import RegionSource
 
 FORMAT, VERSION, SIDECAR_SUFFIX = "lpd-tags", 1, ".lpd-tags.json"
 SOURCES = ("rectangle", "grid")

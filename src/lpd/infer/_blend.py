@@ -12,7 +12,8 @@ does for a single pass over a region whose size is a multiple of the stride.
 Window weights ``omega`` are separable ``sin^2`` ramps, evaluated at cell centres, over the
 ``2 * halo`` px at each window edge that lies inside the region (neighbours overlap by
 ``2 * halo``, so two ramps sum to 1), flat at edges on the region border (a single pass sees
-the same zero padding there), and never below ``WEIGHT_FLOOR``.
+the same zero padding there), and never below ``lpd.tiling.WEIGHT_FLOOR``
+(``AxisGrid.cell_weights``).
 
 The per-tile step (``labels_from_scores``) runs per window on its blended maps clipped to the
 region; only the part of its own tile(s) is computed, with the window-wide statistics (min,
@@ -21,117 +22,15 @@ window, cropped (a test checks it)."""
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lpd.infer.patch import predicted_presence
-
-WEIGHT_FLOOR = 1e-3
-
-
-@dataclass(frozen=True)
-class AxisGrid:
-    """Output tiles and model windows along one axis of the output grid.
-
-    Local output pixel 0 is the region's first pixel; the image's data span
-    ``[lo, hi)`` in the same coordinates (``lo <= 0``, ``hi >= length``: the rest of the
-    level lies around the region). Windows may reach outside the region into that data:
-    a window's place, pixels and blending weights then depend only on its position in the
-    level's grid, never on the region asked for (``lo`` must be a multiple of ``tile``
-    and ``align``; ``TilePlan`` anchors regions that way). Defaults: the region is the
-    whole image."""
-
-    length: int  # output pixels along this axis (the region)
-    size: int  # model input size (window)
-    halo: int
-    align: int = 1  # window starts are multiples of this (the coarsest fused stride)
-    lo: int = 0  # first output px with image data (0 or before the region)
-    hi: int | None = None  # end of the image data (None: the region's end)
-
-    @property
-    def tile(self) -> int:
-        return self.size - 2 * self.halo
-
-    @property
-    def end(self) -> int:
-        """End of the image data along this axis (``hi``, or the region's end)."""
-        return self.length if self.hi is None else self.hi
-
-    @property
-    def count(self) -> int:
-        return max(1, math.ceil(self.length / self.tile))
-
-    def tile_span(self, i: int) -> tuple[int, int]:
-        """Output pixels of tile ``i`` inside the region."""
-        return i * self.tile, min((i + 1) * self.tile, self.length)
-
-    def tile_extent(self, i: int) -> tuple[int, int]:
-        """Output pixels of tile ``i`` in the image (past the region's far end too): what
-        its tissue check looks at, the same whatever region is asked."""
-        return i * self.tile, min((i + 1) * self.tile, max(self.end, self.length))
-
-    def _start_of_tile(self, i: int) -> int:
-        room = max(self.end - self.lo - self.size, 0)
-        last = self.lo + math.ceil(room / self.align) * self.align
-        return int(np.clip(i * self.tile - self.halo, self.lo, last))
-
-    @cached_property
-    def starts(self) -> list[int]:
-        """Window starts (distinct, increasing): a tile's start minus the halo, shifted
-        inwards at the image border (to the next aligned start)."""
-        return sorted({self._start_of_tile(i) for i in range(self.count)})
-
-    @cached_property
-    def tile_windows(self) -> list[int]:
-        """The window of each tile."""
-        index = {s: w for w, s in enumerate(self.starts)}
-        return [index[self._start_of_tile(i)] for i in range(self.count)]
-
-    @cached_property
-    def window_tiles(self) -> list[list[int]]:
-        """The tiles of each window (usually one; several where windows coincide)."""
-        out: list[list[int]] = [[] for _ in self.starts]
-        for i, w in enumerate(self.tile_windows):
-            out[w].append(i)
-        return out
-
-    def valid_span(self, w: int) -> tuple[int, int]:
-        """Window ``w`` clipped to the image data."""
-        s = self.starts[w]
-        return s, min(s + self.size, max(self.end, self.length))
-
-    def edges(self, w: int) -> tuple[bool, bool]:
-        """Whether window ``w`` has image data before / after it (then its weights ramp)."""
-        s = self.starts[w]
-        return s > self.lo, s + self.size < self.end
-
-    def neighbours(self, w: int, margin: int = 0) -> range:
-        """Windows overlapping [start - margin, start + size + margin) (``w`` included)."""
-        starts = self.starts
-        lo_px, hi_px = starts[w] - margin, starts[w] + self.size + margin
-        return range(bisect.bisect_right(starts, lo_px - self.size),
-                     bisect.bisect_left(starts, hi_px))
-
-    def cell_weights(self, w: int, stride: int, cells: int) -> np.ndarray:
-        """Blending weights of window ``w`` at its cell centres (cells,), in (0, 1]."""
-        before, after = self.edges(w)
-        centre = (np.arange(cells) + 0.5) * stride
-        weights = np.ones(cells)
-        ramp = 2 * self.halo
-        if ramp > 0:
-            if before:
-                weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(centre / ramp, 0, 1)) ** 2)
-            if after:
-                back = (self.size - centre) / ramp
-                weights = np.minimum(weights, np.sin(0.5 * np.pi * np.clip(back, 0, 1)) ** 2)
-        return np.maximum(weights, WEIGHT_FLOOR)
+from lpd.tiling import AxisGrid
 
 
 class RowAccumulator:

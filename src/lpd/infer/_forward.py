@@ -1,15 +1,39 @@
-"""The model's forward pass for tiled inference: fused-scale class maps (and prototype
-maps) in calls that halve once on out-of-memory, with autocast on CUDA."""
+"""The model's forward pass for tiled inference: windows' pixels made the model's input
+(``ModelInput``), then fused-scale class maps (and prototype maps) in calls that halve once
+on out-of-memory, with autocast on CUDA."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lpd.errors import LPDError
 from lpd.infer.patch import FUSED_SCALES
 from lpd.model.lpd_model import LPDModel
+
+
+class ModelInput:
+    """Windows' ``(h, w, 3) uint8`` pixels as the model's input ``(B, 3, h, w)`` float on
+    ``device``: stain-normalised when the model was trained so, minus the model's mean, over
+    its std (both in 0-255 units)."""
+
+    def __init__(self, model: LPDModel, device: torch.device) -> None:
+        from lpd.data.sources import normalizer_for
+
+        self.normalizer = normalizer_for(model.config)  # the stain normalisation it trained with
+        mean, std = model.normalisation()
+        self.shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.div = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+        self.device = device
+
+    def __call__(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.normalizer is not None:
+            pixels = [self.normalizer.transform(p) for p in pixels]
+        x = torch.from_numpy(np.stack(pixels)).to(self.device)
+        return (x.permute(0, 3, 1, 2).float() - self.shift) / self.div
 
 
 def is_oom(exc: BaseException) -> bool:

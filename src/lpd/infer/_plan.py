@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lpd.data.pixels import dark_note
+from lpd.data.region import RegionSource, read_array
+from lpd.data.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 from lpd.errors import InputError
-from lpd.infer._blend import AxisGrid
-from lpd.infer._reader import RegionSource, read_array
 from lpd.infer.patch import FUSED_SCALES
-from lpd.infer.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
+from lpd.tiling import AxisGrid, TileGrid
 
 MPP_TOLERANCE = 0.02  # no resize when the level's mpp is within 2 % of the target
 MAX_RESIZE = 8.0  # resampling a level by more than this, either way, needs allow_resample
@@ -68,6 +68,10 @@ class TilePlan:
             AxisGrid(self.shape[a], self.input_size, self.halo, align, -self.phase[a],
                      full[a] - self.phase[a])
             for a in (0, 1))
+
+    def tile_grid(self) -> TileGrid:
+        """Tiles and windows of the output grid in two dimensions."""
+        return TileGrid(*self.axis_grids())
 
     def source(self) -> RegionSource:
         """The output grid's pixels; windows past the region read the level's own pixels."""
@@ -125,39 +129,20 @@ def plan_tiled(
         A bad region, level, halo or microns per pixel, or a resampling factor beyond
         ``MAX_RESIZE`` without ``allow_resample``.
     """
-    from lpd.data.slide import mpp_note
-
     cfg = model.config  # type: ignore[attr-defined]
     levels, downsamples, slide_mpp, name = _pyramid(image, mpp)
     size = int(cfg.input_size)
     strides = fused_strides(model)
-    align = max(strides)
-    if size % align:
-        raise InputError(None, f"input size {size} is not a multiple of the model's coarsest "
-                         f"stride {align}")
-    if halo < 0 or 2 * halo >= size or halo % align:
-        raise InputError(None, f"halo must be a multiple of {align} (the model's coarsest "
-                         f"stride) below {size // 2}, got {halo}")
+    _check_window(size, halo, max(strides))
+    halo = int(halo)
     h0, w0 = _check_level(levels[0], name, 0)
     x, y, w, h = _region(region, (h0, w0), name)
-    notes: list[str] = [str(n) for n in (getattr(image, "metadata", None) or {}).get("notes", [])]
-    if mpp is not None and slide_mpp is not None and mpp_note(slide_mpp, "override"):
-        notes.append(mpp_note(slide_mpp, "override"))  # type: ignore[arg-type]
-    if region is not None and tuple(int(v) for v in region) != (x, y, w, h):
-        notes.append(f"region {tuple(region)} clipped to the image: {(x, y, w, h)}")
+    notes = _input_notes(image, region, (x, y, w, h), mpp, slide_mpp)
     model_mpp = cfg.microns_per_pixel
     target = target_mpp if target_mpp is not None else (model_mpp if level is None else None)
     if target is not None and not (math.isfinite(target) and target > 0):
         raise InputError(None, f"target_mpp must be a positive number, got {target}")
-    if level is not None:
-        if not 0 <= level < len(levels):
-            raise InputError(name, f"level {level} does not exist (0..{len(levels) - 1})")
-        chosen = level
-    elif target is not None and slide_mpp is not None:
-        fine = [i for i, d in enumerate(downsamples) if slide_mpp * d <= target * (1 + MPP_TOLERANCE)]
-        chosen = fine[-1] if fine else 0
-    else:
-        chosen = 0
+    chosen = _choose_level(level, len(levels), downsamples, target, slide_mpp, name)
     if target is None and model_mpp is None and level is None:
         notes.append("the checkpoint records no training magnification: level 0 used as is")
     if target is not None and slide_mpp is None:
@@ -165,49 +150,103 @@ def plan_tiled(
                      f"{target} µm/px (give the slide's: --mpp on the command line, mpp= "
                      "in Python)")
     d = float(downsamples[chosen])
-    resize = 1.0
-    if target is not None and slide_mpp is not None:
-        resize = slide_mpp * d / target
-        if abs(resize - 1.0) <= MPP_TOLERANCE:
-            resize = 1.0
-        if not 1.0 / MAX_RESIZE <= resize <= MAX_RESIZE:
-            how = f"{'enlarging' if resize > 1 else 'shrinking'} it {max(resize, 1 / resize):.3g}x"
-            if not allow_resample:
-                raise InputError(name, f"level {chosen} is {slide_mpp * d:.3g} µm/px and the "
-                                 f"model works at {target:.3g} µm/px: that means {how}, more "
-                                 f"than {MAX_RESIZE:g}x, which usually means a wrong microns "
-                                 "per pixel. Give the slide's with --mpp (mpp= in Python), "
-                                 "or confirm with --allow-resample (allow_resample=True)")
-            notes.append(f"level {chosen} resampled beyond {MAX_RESIZE:g}x ({how}), as asked")
-        elif resize > 1.0:
-            notes.append(f"level {chosen} ({slide_mpp * d:.3g} µm/px) is coarser than the "
-                         f"target {target:.3g} µm/px: enlarged {resize:.3g}x")
+    resize = _resize(chosen, d, target, slide_mpp, allow_resample, name, notes)
     dark = dark_note_of(levels)
     if dark:
         notes.append(dark)
     hl, wl = _check_level(levels[chosen], name, chosen)
-    tile = size - 2 * int(halo)
-    # the level's output grid, and the region on it: corner back to the tile grid
-    full = (max(1, round(hl * resize)), max(1, round(wl * resize)))
-    yl0, xl0 = int(math.floor(y / d)), int(math.floor(x / d))
-    yl1, xl1 = min(hl, int(math.ceil((y + h) / d))), min(wl, int(math.ceil((x + w) / d)))
-    u0, v0 = (int(math.floor(yl0 * resize)) // tile * tile,
-              int(math.floor(xl0 * resize)) // tile * tile)
-    u1, v1 = min(full[0], max(u0 + 1, round(yl1 * resize))), min(full[1], max(v0 + 1, round(xl1 * resize)))
-    shape = (max(1, u1 - u0), max(1, v1 - v0))
+    full, (u0, v0), shape = _output_grid((hl, wl), (x, y, w, h), d, resize, size - 2 * halo)
     origin: tuple[float, float] = (u0 / resize, v0 / resize)
     if resize == 1.0:
         origin = (u0, v0)
     return TilePlan(
         level=chosen, downsample=d, resize=resize, origin=origin,
         extent=(shape[0] / resize, shape[1] / resize),
-        shape=shape, input_size=size, halo=int(halo),
+        shape=shape, input_size=size, halo=halo,
         mpp=None if slide_mpp is None else slide_mpp * d / resize, scale=d / resize,
         offset=(origin[1] * d, origin[0] * d), target_mpp=target, slide_mpp=slide_mpp,
         region=(x, y, w, h), notes=tuple(notes), strides=strides, levels=levels,
         downsamples=downsamples,
         source_name=name, phase=(u0, v0), full=full,
     )
+
+
+def _check_window(size: int, halo: int, align: int) -> None:
+    """The input size and the halo must be multiples of the coarsest stride ``align``."""
+    if size % align:
+        raise InputError(None, f"input size {size} is not a multiple of the model's coarsest "
+                         f"stride {align}")
+    if halo < 0 or 2 * halo >= size or halo % align:
+        raise InputError(None, f"halo must be a multiple of {align} (the model's coarsest "
+                         f"stride) below {size // 2}, got {halo}")
+
+
+def _input_notes(image: object, region: Sequence[int] | None, clipped: tuple[int, ...],
+                 mpp: float | None, slide_mpp: float | None) -> list[str]:
+    """The image's own notes, an overridden implausible mpp, a clipped region."""
+    from lpd.data.slide import mpp_note
+
+    notes: list[str] = [str(n) for n in (getattr(image, "metadata", None) or {}).get("notes", [])]
+    if mpp is not None and slide_mpp is not None and mpp_note(slide_mpp, "override"):
+        notes.append(mpp_note(slide_mpp, "override"))  # type: ignore[arg-type]
+    if region is not None and tuple(int(v) for v in region) != clipped:
+        notes.append(f"region {tuple(region)} clipped to the image: {clipped}")
+    return notes
+
+
+def _choose_level(level: int | None, count: int, downsamples: Sequence[float],
+                  target: float | None, slide_mpp: float | None, name: str | None) -> int:
+    """``level`` when given; else the coarsest level at least as fine as ``target``
+    (``MPP_TOLERANCE``); else 0."""
+    if level is not None:
+        if not 0 <= level < count:
+            raise InputError(name, f"level {level} does not exist (0..{count - 1})")
+        return level
+    if target is not None and slide_mpp is not None:
+        fine = [i for i, d in enumerate(downsamples) if slide_mpp * d <= target * (1 + MPP_TOLERANCE)]
+        return fine[-1] if fine else 0
+    return 0
+
+
+def _resize(chosen: int, d: float, target: float | None, slide_mpp: float | None,
+            allow_resample: bool, name: str | None, notes: list[str]) -> float:
+    """Output px per px of level ``chosen`` (downsample ``d``): 1 within ``MPP_TOLERANCE``
+    of the target; beyond ``MAX_RESIZE`` either way only with ``allow_resample``. Adds the
+    user's notes to ``notes``."""
+    if target is None or slide_mpp is None:
+        return 1.0
+    resize = slide_mpp * d / target
+    if abs(resize - 1.0) <= MPP_TOLERANCE:
+        resize = 1.0
+    if not 1.0 / MAX_RESIZE <= resize <= MAX_RESIZE:
+        how = f"{'enlarging' if resize > 1 else 'shrinking'} it {max(resize, 1 / resize):.3g}x"
+        if not allow_resample:
+            raise InputError(name, f"level {chosen} is {slide_mpp * d:.3g} µm/px and the "
+                             f"model works at {target:.3g} µm/px: that means {how}, more "
+                             f"than {MAX_RESIZE:g}x, which usually means a wrong microns "
+                             "per pixel. Give the slide's with --mpp (mpp= in Python), "
+                             "or confirm with --allow-resample (allow_resample=True)")
+        notes.append(f"level {chosen} resampled beyond {MAX_RESIZE:g}x ({how}), as asked")
+    elif resize > 1.0:
+        notes.append(f"level {chosen} ({slide_mpp * d:.3g} µm/px) is coarser than the "
+                     f"target {target:.3g} µm/px: enlarged {resize:.3g}x")
+    return resize
+
+
+def _output_grid(level_shape: tuple[int, int], region: tuple[int, int, int, int], d: float,
+                 resize: float, tile: int
+                 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The level's output grid (its ``full`` shape), and the region on it: its corner
+    ``phase`` (moved back to the tile grid) and its ``shape``."""
+    hl, wl = level_shape
+    x, y, w, h = region
+    full = (max(1, round(hl * resize)), max(1, round(wl * resize)))
+    yl0, xl0 = int(math.floor(y / d)), int(math.floor(x / d))
+    yl1, xl1 = min(hl, int(math.ceil((y + h) / d))), min(wl, int(math.ceil((x + w) / d)))
+    u0, v0 = (int(math.floor(yl0 * resize)) // tile * tile,
+              int(math.floor(xl0 * resize)) // tile * tile)
+    u1, v1 = min(full[0], max(u0 + 1, round(yl1 * resize))), min(full[1], max(v0 + 1, round(xl1 * resize)))
+    return full, (u0, v0), (max(1, u1 - u0), max(1, v1 - v0))
 
 
 def fused_strides(model: object) -> tuple[int, ...]:

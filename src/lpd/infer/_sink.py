@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lpd.errors import InputError, StoreMismatch
-from lpd.infer._blend import AxisGrid
 from lpd.infer._plan import TilePlan
 from lpd.io.store import OutputStore
+from lpd.tiling import AxisGrid, cell_count, cell_range, cell_start
 
 
 class MemorySink:
@@ -37,8 +36,7 @@ class MemorySink:
         if labels is not None:
             self.labels[y0 : y0 + labels.shape[0], x0 : x0 + labels.shape[1]] = labels
         if protos is not None and self.prototypes is not None:
-            u0 = math.ceil(y0 / self.stride - 0.5)
-            v0 = math.ceil(x0 / self.stride - 0.5)
+            u0, v0 = cell_start(y0, self.stride), cell_start(x0, self.stride)
             self.prototypes[:, u0 : u0 + protos.shape[1], v0 : v0 + protos.shape[2]] = protos
 
 
@@ -129,15 +127,6 @@ def tile_cells(protos: np.ndarray | None, gy: AxisGrid, gx: AxisGrid, i: int, j:
     u0, u1 = cell_range(gy.tile_span(i), stride)
     v0, v1 = cell_range(gx.tile_span(j), stride)
     return protos[:, u0 - base_u : u1 - base_u, v0 - base_v : v1 - base_v]
-
-
-def cell_range(span: tuple[int, int], stride: float) -> tuple[int, int]:
-    """Cells (of a map at ``stride`` px) whose centres lie in the pixel span."""
-    return math.ceil(span[0] / stride - 0.5), math.ceil(span[1] / stride - 0.5)
-
-
-def cell_count(length: int, stride: float) -> int:
-    return max(1, math.ceil(length / stride - 0.5))
 
 
 # -- resume without recomputation ------------------------------------------------------

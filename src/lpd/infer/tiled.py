@@ -25,7 +25,7 @@ Definitions (docs/method.md, Definitions: "tiled inference blends before any per
 - Per-tile step: for each output tile, ``predicted_presence`` (or the given presence) and
   ``labels_from_scores`` run on the blended maps of its window (clipped to the slide);
   the tile keeps the central, output-tile part.
-- Tissue: tiles with less than ``tissue_threshold`` tissue (``tissue.py``) are skipped:
+- Tissue: tiles with less than ``tissue_threshold`` tissue (``lpd.data.tissue``) are skipped:
   label 0, no forward pass, no part in the blending.
 - Prototypes (optional): the deepest scale's per-prototype logit maps, central cells of
   each tile's own window (nearest cell, not blended: a heatmap for viewing).
@@ -34,7 +34,14 @@ Definitions (docs/method.md, Definitions: "tiled inference blends before any per
 finished in it, for painting) and returns a ``TiledResult``. Closing it (or dropping it)
 stops the reader thread within one batch; a store then stays incomplete and a rerun with
 ``resume=True`` recomputes only unfinished chunks (plus the overlapping neighbour windows
-their blending needs, so a resumed result equals an uninterrupted one)."""
+their blending needs, so a resumed result equals an uninterrupted one).
+
+The steps of a run (``TiledRun``): check the settings and make the plan (``plan_tiled``,
+or the one given); open the sink (memory or a store; ``_sink``); classify the tiles and
+choose the windows (``_windows``); read windows in a background thread (``_reader``);
+forward a batch (``_forward``); blend it and finalise the windows whose neighbours are all
+in (``_blend``); hand their tiles to the sink, which writes whole chunks; build the store's
+pyramid. The geometry of tiles, windows, cells and chunks is ``lpd.tiling``."""
 
 from __future__ import annotations
 
@@ -47,11 +54,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lpd.data.tissue import DEFAULT_SATURATION
 from lpd.errors import InputError
-from lpd.infer._blend import ScoreBlender
-from lpd.infer._forward import autocast, forward_maps
+from lpd.infer._blend import ScoreBlender, WindowLabels
+from lpd.infer._forward import ModelInput, autocast, forward_maps
 from lpd.infer._plan import TilePlan, plan_tiled, tissue_fractions
-from lpd.infer._reader import WindowReader
+from lpd.infer._reader import WindowItem, WindowReader
 from lpd.infer._roi import inside, roi_polygon, tiles_touching
 from lpd.infer._sink import (
     drop_resume_state,
@@ -61,13 +69,17 @@ from lpd.infer._sink import (
     tile_cells,
     window_cells,
 )
+from lpd.infer._windows import FinaliseOrder, TileStates, choose_windows, segments, tile_states
 from lpd.infer.device import resolve_device
 from lpd.infer.patch import FUSED_SCALES
-from lpd.infer.tissue import DEFAULT_SATURATION
 from lpd.io.store import OutputStore
 from lpd.model.lpd_model import LPDModel
+from lpd.tiling import tiles_per_chunk
 
-__all__ = ["TilePlan", "TiledProgress", "TiledResult", "plan_tiled", "predict_tiled", "run_tiled"]
+__all__ = ["TilePlan", "TiledProgress", "TiledResult", "TiledRun", "RunSettings", "plan_tiled",
+           "predict_tiled", "run_tiled"]
+
+Painted = list[tuple[int, int, np.ndarray]]  # (y, x, labels) of finished tiles
 
 
 @dataclass
@@ -81,7 +93,7 @@ class TiledProgress:
     forward_passes: int
     elapsed: float
     stage: str = "tiles"  # "tiles", then "pyramid" while a store's pyramid is built
-    tiles: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    tiles: Painted = field(default_factory=list)
 
     @property
     def fraction(self) -> float:
@@ -144,263 +156,297 @@ def predict_tiled(
     µm/px when it has none. ``tissue_threshold``: minimum tissue fraction of a tile (None =
     no detection). ``presence``: the classes present, applied to every tile instead of the
     model's own presence (``protocol="oracle"`` requires it). ``model`` is put in eval mode
-    and moved to ``device`` (None: cuda > mps > cpu); autocast (bf16/fp16) on CUDA if ``amp``. ``store``: a path (created, or resumed when ``resume``) or an open store;
+    and moved to ``device`` (None: cuda > mps > cpu); autocast (bf16/fp16) on CUDA if
+    ``amp``. ``store``: a path (created, or resumed when ``resume``) or an open store;
     None keeps the labels in memory (small regions); ``chunk``: its chunk size (a multiple
-    of the tile; default about 512 px). ``keep_scores`` returns the blended
-    score maps too (tests, small regions). ``roi``: a polygon, (N, 2) vertices (x, y) in
+    of the tile; default about 512 px). ``keep_scores`` returns the blended score maps
+    too (tests, small regions). ``roi``: a polygon, (N, 2) vertices (x, y) in
     level-0 px (e.g. a QuPath or napari annotation): pixels outside it get label 0 and
     tiles outside it are not computed (``region`` should be its bounding box).
     ``allow_resample``: resample by more than 8x, else refused (``plan_tiled``). ``plan``:
     one ``plan_tiled`` made with the same settings (not made again)."""
-    if batch_size < 1:
-        raise InputError(None, f"batch_size must be >= 1, got {batch_size}")
-    if protocol not in ("predicted", "oracle"):
-        raise InputError(None, f"unknown protocol {protocol!r} (predicted or oracle)")
-    if protocol == "oracle" and presence is None:
-        raise InputError(None, "the oracle protocol needs the classes present (presence=...)")
-    cfg = model.config
-    if presence is not None and len(presence) != cfg.num_classes:
-        raise InputError(None, f"presence needs {cfg.num_classes} values (one per class), "
-                         f"got {len(presence)}")
+    settings = RunSettings(batch_size, tissue_threshold, protocol, presence, prototypes,
+                           keep_scores, amp)
+    settings.check(model.config.num_classes)
     if plan is None:
         plan = plan_tiled(model, image, region=region, level=level, target_mpp=target_mpp,
                           mpp=mpp, halo=halo, allow_resample=allow_resample)
-    dev = resolve_device(None if device is None else str(device))
-    gy, gx = plan.axis_grids()
-    ty, tx = gy.count, gx.count
-    wy, wx = len(gy.starts), len(gx.starts)
-    p_count = cfg.num_classes * model.k
-    p_stride = plan.strides[-1]
-    polygon = roi_polygon(roi, plan)
-    settings = {"tissue_threshold": tissue_threshold, "protocol": protocol,
-                "presence": None if presence is None else [bool(v) for v in presence]}
-    if polygon is not None:
-        settings["roi"] = [[round(float(x), 3), round(float(y), 3)] for x, y in roi]
-    sink = open_sink(store, model, plan, prototypes, p_count, p_stride, resume, settings,
-                     chunk)
-    on_disk = isinstance(sink, OutputStore)
-    scores_out = (np.zeros((len(FUSED_SCALES), cfg.num_classes, *plan.shape), np.float32)
-                  if keep_scores else None)
-    t0 = time.perf_counter()
-    # tiles: todo (not in a finished chunk), background (known now, or found by the reader)
-    needed = sink.needed_tiles((ty, tx))  # tiles not in a finished chunk
-    todo = needed.copy()
-    fractions, saturation = None, DEFAULT_SATURATION
-    if tissue_threshold is not None:
-        fractions, saturation = tissue_fractions(plan, (gy, gx))
-    background = np.zeros((ty, tx), bool)
-    if fractions is not None:  # NaN (no view pixel in the tile): computed, to be safe
-        background = np.nan_to_num(fractions, nan=1.0) < tissue_threshold
-    wanted = np.ones((ty, tx), bool)  # tiles inside the roi (all without one)
-    outside = None
-    if polygon is not None:  # tiles outside the polygon: label 0 at once, never finalised
-        wanted = tiles_touching(polygon, gy, gx)  # (their windows still feed the
-        outside = ~wanted & todo  # blending of the tiles inside: same labels as without)
-        todo &= ~outside
-    lazy = tissue_threshold is not None and fractions is None
-    twy, twx = np.array(gy.tile_windows), np.array(gx.tile_windows)
-    # windows to finalise: those holding a tile to compute; needed: those and their
-    # neighbours (blending), minus windows whose tiles are all known background
-    finalise_w = np.zeros((wy, wx), bool)
-    ii, jj = np.nonzero(todo & ~background)
-    finalise_w[twy[ii], twx[jj]] = True
-    all_bg = np.ones((wy, wx), bool)
-    ii, jj = np.nonzero(~background)
-    all_bg[twy[ii], twx[jj]] = False
-    margin = max(plan.strides)
-    nb_y = [gy.neighbours(r, margin) for r in range(wy)]
-    nb_x = [gx.neighbours(c, margin) for c in range(wx)]
-    candidates = np.flatnonzero((_dilate(finalise_w, nb_y, nb_x) & ~all_bg).ravel())
-    # windows all of whose tiles a finished chunk holds: computed before, for sure
-    settled = np.ones((wy, wx), bool)
-    ii, jj = np.nonzero(needed)
-    settled[twy[ii], twx[jj]] = False
-    prior = sink.passes if on_disk else 0  # the store's earlier runs'
-    recomputed = [0]
-    stats = {"done": int((~todo).sum()), "skipped": 0, "passes": 0}
+    run = TiledRun(model, plan, settings, store=store, chunk=chunk, resume=resume, roi=roi,
+                   device=device)
+    return (yield from run.steps())
 
-    def put(i: int, j: int, labels: np.ndarray | None, protos: np.ndarray | None) -> None:
-        sink.put_tile(i, j, labels, protos)
-        todo[i, j] = False
-        stats["done"] += 1
-        stats["skipped"] += labels is None
 
-    for i, j in zip(*np.nonzero(todo & background), strict=True):
-        put(int(i), int(j), None, None)
-    if outside is not None:
-        for i, j in zip(*np.nonzero(outside), strict=True):
-            sink.put_tile(int(i), int(j), None, None)  # counted as done above
-    blender = ScoreBlender(
-        gy, gx, plan.strides, [plan.input_size // s for s in plan.strides], cfg.num_classes,
-        dev, cfg.fusion_weights, cfg.background_power, cfg.presence_threshold,
-        None if presence is None else torch.as_tensor(list(presence), dtype=torch.bool),
-        keep_scores,
-    )
-    cells: dict[tuple[int, int], np.ndarray] = {}  # prototype cells of computed windows
-    if on_disk:  # a resume: what the interrupted run computed is not computed again
-        again = load_resume_state(sink, blender, cells)
-        if again:
-            candidates = candidates[~np.isin(candidates, [r * wx + c for r, c in again])]
-    pending = {r: [int(c) for c in np.flatnonzero(finalise_w[r])] for r in range(wy)}
-    pending = {r: cs for r, cs in pending.items() if cs}
-    hi_y = [rng[-1] for rng in nb_y]
-    hi_x = [rng[-1] for rng in nb_x]
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings of ``predict_tiled`` that shape its labels (kept in a store's
+    fingerprint: tissue threshold, protocol, presence) and how it runs."""
 
-    def finalise_ready(pointer: float) -> list[tuple[int, int, np.ndarray]]:
-        ready = []
-        for r in sorted(pending):
-            if hi_y[r] * wx >= pointer:
-                break
-            cs = pending[r]
-            while cs and hi_y[r] * wx + hi_x[cs[0]] < pointer:
-                ready.append((r, cs.pop(0)))
-            if not cs:
-                del pending[r]
-        painted = []
-        done = blender.finalise([w for w in ready if w in blender.computed])
-        for win in done:
-            protos = cells.get((win.r, win.c))  # kept with the band (a resume's)
-            for i in gy.window_tiles[win.r]:
-                for j in gx.window_tiles[win.c]:
-                    if not todo[i, j]:
-                        continue
-                    if background[i, j]:
-                        put(i, j, None, None)
-                        continue
-                    (y0, y1), (x0, x1) = gy.tile_span(i), gx.tile_span(j)
-                    labels = win.labels[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
-                    if polygon is not None:
-                        labels = inside(polygon, (y0, y1), (x0, x1)) * labels
-                    put(i, j, labels, tile_cells(protos, gy, gx, i, j, win, p_stride))
-                    painted.append((y0, x0, labels))
-                    if scores_out is not None and win.scores is not None:
-                        scores_out[..., y0:y1, x0:x1] = win.scores[
-                            ..., y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
-        for r, c in ready:  # windows found to be background: their tiles are label 0
-            if (r, c) not in blender.computed:
-                for i in gy.window_tiles[r]:
-                    for j in gx.window_tiles[c]:
-                        if todo[i, j]:
-                            put(i, j, None, None)
-        if pending:
-            first = min(nb_y[min(pending)][0], kept_row())
-            blender.release_before(first)
-            for key in [k for k in cells if k[0] < first]:
-                del cells[key]
+    batch_size: int = 8
+    tissue_threshold: float | None = 0.05
+    protocol: str = "predicted"
+    presence: Sequence[bool] | None = None
+    prototypes: bool = False
+    keep_scores: bool = False
+    amp: bool = True
+
+    def check(self, num_classes: int) -> None:
+        """Raise an ``InputError`` for a bad batch size, protocol or presence."""
+        if self.batch_size < 1:
+            raise InputError(None, f"batch_size must be >= 1, got {self.batch_size}")
+        if self.protocol not in ("predicted", "oracle"):
+            raise InputError(None, f"unknown protocol {self.protocol!r} (predicted or oracle)")
+        if self.protocol == "oracle" and self.presence is None:
+            raise InputError(None, "the oracle protocol needs the classes present (presence=...)")
+        if self.presence is not None and len(self.presence) != num_classes:
+            raise InputError(None, f"presence needs {num_classes} values (one per class), "
+                             f"got {len(self.presence)}")
+
+    def fingerprint(self, roi: Sequence[Sequence[float]] | np.ndarray | None) -> dict:
+        """The settings part of a store's fingerprint (a rerun resumes only when equal)."""
+        presence = self.presence
+        out: dict = {"tissue_threshold": self.tissue_threshold, "protocol": self.protocol,
+                     "presence": None if presence is None else [bool(v) for v in presence]}
+        if roi is not None:
+            out["roi"] = [[round(float(x), 3), round(float(y), 3)] for x, y in roi]
+        return out
+
+
+class TiledRun:
+    """One run of ``predict_tiled`` over a plan; ``steps()`` is its generator.
+
+    Made (inside the generator, so nothing happens before the first ``next``): the
+    device, the sink (memory or a store, created or resumed), the tiles to compute and the
+    windows to run (``_windows``), the blender (with a resumed store's band). Then
+    ``steps`` reads, forwards, blends and finalises batch by batch, and finishes the
+    store; its ``finally`` stops the reader and saves what a resume needs."""
+
+    def __init__(self, model: LPDModel, plan: TilePlan, settings: RunSettings, *,
+                 store: OutputStore | str | Path | None = None, chunk: int | None = None,
+                 resume: bool = True, roi: Sequence[Sequence[float]] | np.ndarray | None = None,
+                 device: str | torch.device | None = None) -> None:
+        cfg = model.config
+        self.model, self.plan, self.settings = model, plan, settings
+        self.device = resolve_device(None if device is None else str(device))
+        self.grid = plan.tile_grid()
+        self.p_stride = plan.strides[-1]  # px per cell of the prototype maps
+        self.polygon = roi_polygon(roi, plan)
+        self.sink = open_sink(store, model, plan, settings.prototypes, cfg.num_classes * model.k,
+                              self.p_stride, resume, settings.fingerprint(roi), chunk)
+        self.on_disk = isinstance(self.sink, OutputStore)
+        self.scores = (np.zeros((len(FUSED_SCALES), cfg.num_classes, *plan.shape), np.float32)
+                       if settings.keep_scores else None)
+        self.t0 = time.perf_counter()
+        self.tiles, self.saturation, self.lazy = self._classify_tiles()
+        self.windows = choose_windows(self.grid, self.tiles, max(plan.strides))
+        self.prior = self.sink.passes if self.on_disk else 0  # the store's earlier runs'
+        self.recomputed = 0  # windows run again that an earlier run had computed
+        self.done, self.skipped, self.passes = int((~self.tiles.todo).sum()), 0, 0
+        self._put_known_tiles()
+        self.blender = self._blender()
+        self.cells: dict[tuple[int, int], np.ndarray] = {}  # prototype cells of windows
+        self.to_run = self._restore(self.windows.to_run)
+        self.order = FinaliseOrder(self.windows)
+        self.sub = [settings.batch_size, 0]  # images per forward call, halved yet
+
+    # ---- set-up ---------------------------------------------------------------------
+    def _classify_tiles(self) -> tuple[TileStates, float, bool]:
+        """The tiles' states, the tissue saturation threshold, and whether the reader
+        judges tissue on the windows' pixels (no low-resolution view)."""
+        threshold = self.settings.tissue_threshold
+        fractions, saturation = None, DEFAULT_SATURATION
+        needed = self.sink.needed_tiles(self.grid.tiles)
+        if threshold is not None:
+            fractions, saturation = tissue_fractions(self.plan, (self.grid.y, self.grid.x))
+        wanted = (None if self.polygon is None
+                  else tiles_touching(self.polygon, self.grid.y, self.grid.x))
+        tiles = tile_states(needed, fractions, threshold, wanted)
+        return tiles, saturation, threshold is not None and fractions is None
+
+    def _put_known_tiles(self) -> None:
+        """Label 0 at once for known background tiles and tiles outside the roi."""
+        for i, j in zip(*np.nonzero(self.tiles.todo & self.tiles.background), strict=True):
+            self._put(int(i), int(j), None, None)
+        if self.tiles.outside is not None:
+            for i, j in zip(*np.nonzero(self.tiles.outside), strict=True):
+                self.sink.put_tile(int(i), int(j), None, None)  # counted as done already
+
+    def _blender(self) -> ScoreBlender:
+        cfg, plan, presence = self.model.config, self.plan, self.settings.presence
+        return ScoreBlender(
+            self.grid.y, self.grid.x, plan.strides, [plan.input_size // s for s in plan.strides],
+            cfg.num_classes, self.device, cfg.fusion_weights, cfg.background_power,
+            cfg.presence_threshold,
+            None if presence is None else torch.as_tensor(list(presence), dtype=torch.bool),
+            self.settings.keep_scores,
+        )
+
+    def _restore(self, run: np.ndarray) -> np.ndarray:
+        """A resume: the interrupted run's band back in the blender; its windows are not
+        run again. Returns the windows to run."""
+        if self.on_disk:
+            again = load_resume_state(self.sink, self.blender, self.cells)
+            if again:
+                run = run[~np.isin(run, [self.grid.index(r, c) for r, c in again])]
+        return run
+
+    # ---- the run ----------------------------------------------------------------------
+    def steps(self) -> Generator[TiledProgress, None, TiledResult]:
+        """Read, forward, blend and finalise batch by batch; then finish the store."""
+        bs = self.settings.batch_size
+        reader = WindowReader(
+            self.plan.source(), segments(self.to_run, self.grid.windows[1], bs),
+            self.grid.window_box, self.grid.tile_boxes, lambda index: self.lazy, bs,
+            self.settings.tissue_threshold or 0.0, self.saturation,
+        )
+        model_input = ModelInput(self.model, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        self.model.to(self.device)
+        try:
+            reader.start()
+            yield from self._batches(reader, model_input)
+            yield from self._complete_store()
+        finally:
+            self._stop(reader, was_training)
+        return self._result()
+
+    def _batches(self, reader: WindowReader, model_input: ModelInput
+                 ) -> Generator[TiledProgress, None, None]:
+        resolved = 0  # windows read (computed or found to be background)
+        for batch in reader.batches():
+            self._note_background(batch)
+            items = [it for it in batch if it.pixels is not None]
+            if items:
+                self._forward(items, model_input)
+            resolved += len(batch)
+            pointer = self.to_run[resolved] if resolved < len(self.to_run) else math.inf
+            yield self._progress(self._finalise_ready(pointer))
+        painted = self._finalise_ready(math.inf)
+        if self.order or self.tiles.todo.any():
+            raise RuntimeError("tiled inference left tiles unfinished")
+        yield self._progress(painted)
+
+    def _note_background(self, batch: list[WindowItem]) -> None:
+        """Tiles the reader judged on their pixels (no low-resolution view)."""
+        for it in batch:
+            if it.tiles_background is not None:
+                tiles = self.grid.window_tiles(*self.grid.window(it.index))
+                for (i, j), bg in zip(tiles, it.tiles_background, strict=True):
+                    self.tiles.background[i, j] = bg
+
+    def _forward(self, items: list[WindowItem], model_input: ModelInput) -> None:
+        """Forward a batch of windows and add their class maps to the blender (and keep
+        the prototype cells of windows to finalise)."""
+        x = model_input([it.pixels for it in items])
+        with torch.inference_mode(), autocast(self.device, self.settings.amp):
+            cams, protos = forward_maps(self.model, x, self.settings.prototypes, self.sub)
+        with torch.inference_mode():
+            for b, it in enumerate(items):
+                r, c = self.grid.window(it.index)
+                self.recomputed += bool(self.windows.settled[r, c])
+                self.blender.add(r, c, [m[b] for m in cams])
+                if protos is not None and self.windows.finalise[r, c]:
+                    self.cells[(r, c)] = window_cells(protos[b], self.grid.y, self.grid.x, r, c,
+                                                      self.p_stride)
+        self.passes += len(items)
+
+    def _finalise_ready(self, pointer: float) -> Painted:
+        """Finalise the windows whose neighbours are all in (every window before
+        ``pointer`` was read), hand their tiles over, release the band behind them."""
+        painted: Painted = []
+        with torch.inference_mode():
+            ready = self.order.pop_ready(pointer)
+            for win in self.blender.finalise([w for w in ready if w in self.blender.computed]):
+                painted += self._finish_window(win)
+            for r, c in ready:  # windows found to be background: their tiles are label 0
+                if (r, c) not in self.blender.computed:
+                    for i, j in self.grid.window_tiles(r, c):
+                        if self.tiles.todo[i, j]:
+                            self._put(i, j, None, None)
+            if self.order:
+                self._release()
         return painted
 
-    def kept_row() -> int:
+    def _finish_window(self, win: WindowLabels) -> Painted:
+        """Hand the tiles to do of a finalised window to the sink (the labels of its own
+        tile, cut to the roi; its prototype cells; its scores when kept)."""
+        gy, gx = self.grid.y, self.grid.x
+        protos = self.cells.get((win.r, win.c))  # kept with the band (a resume's)
+        painted: Painted = []
+        for i, j in self.grid.window_tiles(win.r, win.c):
+            if not self.tiles.todo[i, j]:
+                continue
+            if self.tiles.background[i, j]:
+                self._put(i, j, None, None)
+                continue
+            (y0, y1), (x0, x1) = gy.tile_span(i), gx.tile_span(j)
+            own = (..., slice(y0 - win.y0, y1 - win.y0), slice(x0 - win.x0, x1 - win.x0))
+            labels = win.labels[own]
+            if self.polygon is not None:
+                labels = inside(self.polygon, (y0, y1), (x0, x1)) * labels
+            self._put(i, j, labels, tile_cells(protos, gy, gx, i, j, win, self.p_stride))
+            painted.append((y0, x0, labels))
+            if self.scores is not None and win.scores is not None:
+                self.scores[..., y0:y1, x0:x1] = win.scores[own]
+        return painted
+
+    def _put(self, i: int, j: int, labels: np.ndarray | None, protos: np.ndarray | None) -> None:
+        """Hand tile (i, j) to the sink (labels None: label 0, a skipped tile)."""
+        self.sink.put_tile(i, j, labels, protos)
+        self.tiles.todo[i, j] = False
+        self.done += 1
+        self.skipped += labels is None
+
+    def _release(self) -> None:
+        """Forget the band rows (and prototype cells) no window still to finalise, nor a
+        resume of an unfinished chunk, needs."""
+        first = min(self.windows.neighbours_y[self.order.first_row()][0], self._kept_row())
+        self.blender.release_before(first)
+        for key in [k for k in self.cells if k[0] < first]:
+            del self.cells[key]
+
+    def _kept_row(self) -> int:
         """First window row a resume could still need: the neighbours of the earliest
         chunk row not yet finished (kept in the band, so an interruption loses nothing
         that a finished chunk holds)."""
-        if not on_disk:
-            return wy
-        open_rows = np.flatnonzero(~sink.finished().all(axis=1))
+        rows = self.grid.windows[0]
+        if not self.on_disk:
+            return rows
+        open_rows = np.flatnonzero(~self.sink.finished().all(axis=1))
         if not len(open_rows):
-            return wy
-        tile_row = min(int(open_rows[0]) * (sink.chunk // sink.tile), ty - 1)
-        return nb_y[gy.tile_windows[tile_row]][0]
+            return rows
+        per_chunk = tiles_per_chunk(self.sink.chunk, self.sink.tile)
+        tile_row = min(int(open_rows[0]) * per_chunk, self.grid.tiles[0] - 1)
+        return self.windows.neighbours_y[self.grid.y.tile_windows[tile_row]][0]
 
-    def window_box(index: int) -> tuple[int, int, int, int]:
-        r, c = divmod(index, wx)
-        return (gy.starts[r], gy.starts[r] + gy.size, gx.starts[c], gx.starts[c] + gx.size)
+    # ---- the end ----------------------------------------------------------------------
+    def _complete_store(self) -> Generator[TiledProgress, None, None]:
+        """Build a store's pyramid (a progress per row of chunks), then mark it complete."""
+        if self.on_disk and not self.sink.complete:
+            for _ in self.sink.build_pyramid():
+                yield self._progress([], "pyramid")
+            self.sink.mark_complete()
+            drop_resume_state(self.sink)
 
-    def tile_boxes(index: int) -> list[tuple[int, int, int, int]]:
-        r, c = divmod(index, wx)
-        return [(*gy.tile_extent(i), *gx.tile_extent(j))
-                for i in gy.window_tiles[r] for j in gx.window_tiles[c]]
-
-    reader = WindowReader(
-        plan.source(), _segments(candidates, wx, batch_size), window_box, tile_boxes,
-        lambda index: lazy, batch_size, tissue_threshold or 0.0, saturation,
-    )
-    from lpd.data.sources import normalizer_for
-
-    normalizer = normalizer_for(model.config)  # the stain normalisation it trained with
-    mean, std = model.normalisation()
-    shift = torch.tensor(mean, device=dev).view(1, 3, 1, 1) * 255.0
-    div = torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0
-    was_training = model.training
-    model.eval()
-    model.to(dev)
-    resolved = 0
-    sub = [batch_size, 0]  # images per forward call, halved yet; halved once on OOM
-    try:
-        reader.start()
-        for batch in reader.batches():
-            items = [it for it in batch if it.pixels is not None]
-            for it in batch:
-                if it.tiles_background is not None:
-                    r, c = divmod(it.index, wx)
-                    tiles = [(i, j) for i in gy.window_tiles[r] for j in gx.window_tiles[c]]
-                    for (i, j), bg in zip(tiles, it.tiles_background, strict=True):
-                        background[i, j] = bg
-            if items:
-                pixels = [it.pixels if normalizer is None else normalizer.transform(it.pixels)
-                          for it in items]
-                x = torch.from_numpy(np.stack(pixels)).to(dev)
-                x = (x.permute(0, 3, 1, 2).float() - shift) / div
-                with torch.inference_mode(), autocast(dev, amp):
-                    cams, protos = forward_maps(model, x, prototypes, sub)
-                with torch.inference_mode():
-                    for b, it in enumerate(items):
-                        r, c = divmod(it.index, wx)
-                        recomputed[0] += bool(settled[r, c])
-                        blender.add(r, c, [m[b] for m in cams])
-                        if protos is not None and finalise_w[r, c]:
-                            cells[(r, c)] = window_cells(protos[b], gy, gx, r, c, p_stride)
-                stats["passes"] += len(items)
-            resolved += len(batch)
-            pointer = candidates[resolved] if resolved < len(candidates) else math.inf
-            with torch.inference_mode():
-                painted = finalise_ready(pointer)
-            yield TiledProgress(stats["done"], ty * tx, stats["skipped"], stats["passes"],
-                                time.perf_counter() - t0, "tiles", painted)
-        with torch.inference_mode():
-            painted = finalise_ready(math.inf)
-        if pending or todo.any():
-            raise RuntimeError("tiled inference left tiles unfinished")
-        yield TiledProgress(stats["done"], ty * tx, stats["skipped"], stats["passes"],
-                            time.perf_counter() - t0, "tiles", painted)
-        if on_disk and not sink.complete:
-            for _ in sink.build_pyramid():
-                yield TiledProgress(stats["done"], ty * tx, stats["skipped"], stats["passes"],
-                                    time.perf_counter() - t0, "pyramid")
-            sink.mark_complete()
-            drop_resume_state(sink)
-    finally:
+    def _stop(self, reader: WindowReader, was_training: bool) -> None:
+        """Stop the reader thread, restore the model's mode, record the passes made, and
+        keep what was computed when the store is not complete (a resume reuses it)."""
         reader.close()
-        model.train(was_training)
-        if on_disk:
-            sink.record_passes(prior + stats["passes"] - recomputed[0])
-        if on_disk and not sink.complete and blender.computed:
-            save_resume_state(sink, blender, cells)  # stopped: keep what was computed
-    return TiledResult(
-        plan, sink if on_disk else None, None if on_disk else sink.labels,
-        None if on_disk else sink.prototypes, scores_out, stats["passes"], stats["skipped"],
-        time.perf_counter() - t0, max(0, prior - recomputed[0]),
-    )
+        self.model.train(was_training)
+        if self.on_disk:
+            self.sink.record_passes(self.prior + self.passes - self.recomputed)
+        if self.on_disk and not self.sink.complete and self.blender.computed:
+            save_resume_state(self.sink, self.blender, self.cells)
 
+    def _progress(self, painted: Painted, stage: str = "tiles") -> TiledProgress:
+        ty, tx = self.grid.tiles
+        return TiledProgress(self.done, ty * tx, self.skipped, self.passes,
+                             time.perf_counter() - self.t0, stage, painted)
 
-def _dilate(mask: np.ndarray, nb_y: list[range], nb_x: list[range]) -> np.ndarray:
-    """Windows overlapping any True window of ``mask`` (overlap is symmetric, so this is a
-    dilation by each window's neighbour range), via a summed-area table."""
-    sat = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    lo_y = np.array([r[0] for r in nb_y])
-    hi_y = np.array([r[-1] + 1 for r in nb_y])
-    lo_x = np.array([r[0] for r in nb_x])
-    hi_x = np.array([r[-1] + 1 for r in nb_x])
-    total = (sat[hi_y][:, hi_x] - sat[lo_y][:, hi_x] - sat[hi_y][:, lo_x] + sat[lo_y][:, lo_x])
-    return total > 0
-
-
-def _segments(candidates: np.ndarray, tx: int, size: int):
-    """Runs of adjacent candidate windows in one grid row, at most ``size`` long."""
-    run: list[int] = []
-    for index in candidates.tolist():
-        if run and (index != run[-1] + 1 or index // tx != run[-1] // tx or len(run) == size):
-            yield run
-            run = []
-        run.append(index)
-    if run:
-        yield run
+    def _result(self) -> TiledResult:
+        sink, on_disk = self.sink, self.on_disk
+        return TiledResult(
+            self.plan, sink if on_disk else None, None if on_disk else sink.labels,
+            None if on_disk else sink.prototypes, self.scores, self.passes, self.skipped,
+            time.perf_counter() - self.t0, max(0, self.prior - self.recomputed),
+        )

@@ -32,6 +32,15 @@ import numpy as np
 import zarr
 
 from lpd.errors import InputError
+from lpd.tiling import (
+    cell_count,
+    cell_range,
+    cell_start,
+    chunk_box,
+    chunk_of_tile,
+    tiles_in,
+    tiles_of_chunks,
+)
 
 FORMAT = "lpd-prediction"
 FORMAT_VERSION = 1
@@ -115,7 +124,7 @@ class OutputStore:
         )
         if prototypes:
             stride = float(prototype_stride or 1.0)
-            cells = (_cells(h, stride), _cells(w, stride))
+            cells = (cell_count(h, stride), cell_count(w, stride))
             cchunk = max(1, round(chunk / stride))
             protos = group.create_group("prototypes")
             protos.create_array(
@@ -264,9 +273,7 @@ class OutputStore:
 
     def needed_tiles(self, grid: tuple[int, int]) -> np.ndarray:
         """Tiles (rows, cols of ``tile`` px) not in a finished chunk: what a rerun computes."""
-        k = self.chunk // self.tile
-        todo = ~self.finished()
-        return np.repeat(np.repeat(todo, k, axis=0), k, axis=1)[: grid[0], : grid[1]]
+        return tiles_of_chunks(~self.finished(), self.chunk, self.tile, grid)
 
     def is_whole(self) -> bool:
         """Every array the metadata promises exists (False: creation was interrupted)."""
@@ -277,8 +284,7 @@ class OutputStore:
             return False
 
     def chunk_of_tile(self, i: int, j: int) -> tuple[int, int]:
-        k = self.chunk // self.tile
-        return i // k, j // k
+        return chunk_of_tile(i, j, self.chunk, self.tile)
 
     # ---- writing tiles --------------------------------------------------------------
     def put_tile(
@@ -297,8 +303,8 @@ class OutputStore:
             buf["labels"][y0 : y0 + labels.shape[0], x0 : x0 + labels.shape[1]] = labels
         if prototypes is not None and buf["protos"] is not None:
             stride = self.meta["prototypes"]["stride"]
-            u0 = math.ceil((i * t) / stride - 0.5) - buf["cells"][0]
-            v0 = math.ceil((j * t) / stride - 0.5) - buf["cells"][1]
+            u0 = cell_start(i * t, stride) - buf["cells"][0]
+            v0 = cell_start(j * t, stride) - buf["cells"][1]
             ph, pw = prototypes.shape[-2:]
             buf["protos"][:, u0 : u0 + ph, v0 : v0 + pw] = prototypes
         buf["remaining"] -= 1
@@ -308,19 +314,16 @@ class OutputStore:
         return True
 
     def _new_buffer(self, ci: int, cj: int) -> dict[str, Any]:
-        h, w = self.shape
-        c, t = self.chunk, self.tile
-        y0, y1 = ci * c, min((ci + 1) * c, h)
-        x0, x1 = cj * c, min((cj + 1) * c, w)
-        tiles = math.ceil((y1 - y0) / t) * math.ceil((x1 - x0) / t)
+        y0, y1, x0, x1 = chunk_box(ci, cj, self.chunk, self.shape)
+        tiles = tiles_in(y1 - y0, self.tile) * tiles_in(x1 - x0, self.tile)
         buf: dict[str, Any] = {
             "labels": np.zeros((y1 - y0, x1 - x0), np.uint8), "remaining": tiles, "protos": None,
         }
         info = self.meta.get("prototypes")
         if info:
             s = info["stride"]
-            u0, u1 = math.ceil(y0 / s - 0.5), math.ceil(y1 / s - 0.5)
-            v0, v1 = math.ceil(x0 / s - 0.5), math.ceil(x1 / s - 0.5)
+            u0, u1 = cell_range((y0, y1), s)
+            v0, v1 = cell_range((x0, x1), s)
             buf["cells"] = (u0, v0, u1, v1)
             buf["protos"] = np.zeros((info["count"], u1 - u0, v1 - v0), np.float16)
         return buf
@@ -519,7 +522,3 @@ def mode_downsample(block: np.ndarray) -> np.ndarray:
     counts = (q[:, None] == q[None, :]).sum(axis=1)  # (4, h, w): how often each value occurs
     pick = counts.argmax(axis=0)  # first maximum: the top-left pixel wins ties
     return np.take_along_axis(q, pick[None], axis=0)[0]
-
-
-def _cells(length: int, stride: float) -> int:
-    return max(1, math.ceil(length / stride - 0.5))
