@@ -24,6 +24,7 @@ from lpd.errors import InputError, StoreMismatch
 from lpd.io.checkpoint import load_checkpoint, read_checkpoint_metadata
 from lpd.io.export import class_areas
 from lpd.io.store import OutputStore
+from lpd.progress import relay
 from lpd.segmentation import TilePlan, halo_for, plan_tiled, segment_iter
 from napari_lpd._layers import IN_MEMORY_MAX
 
@@ -166,21 +167,17 @@ def _plan_text(plan: TilePlan) -> str:
 
 def _predict(model, image, resume: bool, **kwargs):
     """``lpd.segmentation.segment_iter``, its progress as ``JobEvent``s."""
-    gen = segment_iter(model, image, resume=resume, **kwargs)
-    try:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return stop.value.result
-            if p.stage == "pyramid":
-                yield JobEvent("pyramid", 0, 1, "Building the label pyramid")
-            else:
-                skipped = f", {p.tiles_skipped} background" if p.tiles_skipped else ""
-                yield JobEvent("tiles", p.done, p.total,
-                               f"Tiles {p.done}/{p.total}{skipped}", tiles=p.tiles)
-    finally:
-        gen.close()  # closing this job closes the tiles' generator (its reader thread stops)
+    # closing this job closes the tiles' generator (its reader thread stops)
+    seg = yield from relay(segment_iter(model, image, resume=resume, **kwargs), _tile_event)
+    return seg.result
+
+
+def _tile_event(p: Any) -> JobEvent:
+    if p.stage == "pyramid":
+        return JobEvent("pyramid", 0, 1, "Building the label pyramid")
+    skipped = f", {p.tiles_skipped} background" if p.tiles_skipped else ""
+    return JobEvent("tiles", p.done, p.total, f"Tiles {p.done}/{p.total}{skipped}",
+                    tiles=p.tiles)
 
 
 def _prefill(path: Path, plan: TilePlan) -> Generator[JobEvent, None, None]:
@@ -199,19 +196,14 @@ def _prefill(path: Path, plan: TilePlan) -> Generator[JobEvent, None, None]:
 
 
 def _train_default(device: str) -> Generator[JobEvent, None, Path]:
-    gen = train_default_model(device=device)
-    try:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                return Path(stop.value)
-            eta = f", about {p.eta / 60:.0f} min left" if p.eta >= 60 else f", {p.eta:.0f} s left"
-            yield JobEvent("training", p.step, p.total,
-                           f"Training the default model (its weights are missing): step "
-                           f"{p.step}/{p.total}, loss {p.loss:.3f}{eta}")
-    finally:
-        gen.close()  # a cancelled training writes no checkpoint
+    def event(p: Any) -> JobEvent:
+        eta = f", about {p.eta / 60:.0f} min left" if p.eta >= 60 else f", {p.eta:.0f} s left"
+        return JobEvent("training", p.step, p.total,
+                        f"Training the default model (its weights are missing): step "
+                        f"{p.step}/{p.total}, loss {p.loss:.3f}{eta}")
+
+    # a cancelled training writes no checkpoint (closing this job closes it)
+    return Path((yield from relay(train_default_model(device=device), event)))
 
 
 def default_name() -> str:

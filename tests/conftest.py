@@ -75,3 +75,16 @@ def small_slide(tmp_path_factory) -> Path:
 
     return write_synthetic_pyramid(tmp_path_factory.mktemp("small-slide") / "slide.tiff",
                                    **SMALL_SLIDE)
+
+
+@pytest.fixture
+def quiet_tifffile():
+    """tifffile's logger silenced for a test: broken files make it log warnings, and the
+    assertions are on our errors."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)

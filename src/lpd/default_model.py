@@ -272,17 +272,12 @@ def default_checkpoint(
     path = default_checkpoint_path(run)
     if path.is_file():
         return path
-    gen = train_default_model(run, device)
+    from lpd.progress import drive
+
     try:
-        while True:
-            progress = next(gen)
-            if on_progress is not None:
-                on_progress(progress)
-            if should_stop is not None and should_stop():
-                gen.close()
-                raise Cancelled("training of the default model was cancelled")
-    except StopIteration as stop:
-        return Path(stop.value)
+        return Path(drive(train_default_model(run, device), on_progress, should_stop))
+    except Cancelled:
+        raise Cancelled("training of the default model was cancelled") from None
 
 
 def describe_default() -> str:
@@ -370,13 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = f"{recipe.name}-short" if args.short else recipe.name
     target = args.out / f"{name}.safetensors"
     t0 = time.perf_counter()
-    gen = train_default_model(run, "cpu", out=target, recipe=recipe)
-    with contextlib.suppress(StopIteration):
-        while True:
-            step = next(gen)
-            if step.step % 20 == 0 or step.step == run.train.steps:
-                print(f"step {step.step}/{run.train.steps} loss {step.loss:.3f} "
-                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    def report(step: Any) -> None:
+        if step.step % 20 == 0 or step.step == run.train.steps:
+            print(f"step {step.step}/{run.train.steps} loss {step.loss:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    from lpd.progress import drive
+
+    drive(train_default_model(run, "cpu", out=target, recipe=recipe), report)
     seconds = time.perf_counter() - t0
     scores = score_held_apart(target, recipe)
     card_file = args.out / f"{recipe.name}.card.json"

@@ -242,10 +242,6 @@ def _check_extra(extra: Dataset | None, folder: Path, size: int) -> None:
 def run_fine_tune(gen: Generator[TrainProgress, None, FineTuneResult],
                   on_progress: Callable[[TrainProgress], None] | None = None) -> FineTuneResult:
     """Drive ``fine_tune`` to the end (scripts, tests)."""
-    while True:
-        try:
-            progress = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(progress)
+    from lpd.progress import drive
+
+    return drive(gen, on_progress)

@@ -9,7 +9,7 @@ command line drive it with ``drive``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lpd.errors import Cancelled
 
@@ -54,3 +54,31 @@ def drive(gen: Generator[P, None, R], on_progress: Callable[[P], None] | None = 
     except BaseException:
         gen.close()  # an error or Ctrl+C in a callback stops the job too
         raise
+
+
+def relay(gen: Generator[P, None, R], convert: Callable[[P], Any]
+          ) -> Generator[Any, None, R]:
+    """A job inside another: yield ``convert(event)`` for each event of ``gen`` and return
+    its result (``result = yield from relay(inner, to_outer_event)``). Closing the outer job
+    closes ``gen``.
+
+    Parameters
+    ----------
+    gen : generator
+        The inner job.
+    convert : callable
+        Makes the outer job's event from an inner one.
+
+    Returns
+    -------
+    The inner generator's return value.
+    """
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield convert(event)
+    finally:
+        gen.close()

@@ -3,7 +3,6 @@ real slides, a generated 100,000 x 100,000 pyramid, other TIFF layouts, and bad 
 
 from __future__ import annotations
 
-import logging
 import pickle
 import struct
 import time
@@ -24,14 +23,7 @@ from lpd.errors import InputError
 BIG = (100_000, 100_000)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_tifffile():
-    # Broken files make tifffile log warnings; the assertions are on our errors.
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_tifffile")
 
 
 @pytest.fixture(scope="session")

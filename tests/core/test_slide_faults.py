@@ -4,7 +4,6 @@ macro photo taken for the slide. Every input is generated here."""
 
 from __future__ import annotations
 
-import logging
 import struct
 
 import imagecodecs
@@ -19,14 +18,7 @@ from lpd.data.slide import open_slide
 from lpd.errors import InputError
 from lpd.infer.tiled import plan_tiled
 
-
-@pytest.fixture(autouse=True)
-def _quiet_tifffile():
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_tifffile")
 
 
 @pytest.fixture(scope="module")

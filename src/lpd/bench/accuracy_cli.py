@@ -133,6 +133,7 @@ def run_loro_cli(args: argparse.Namespace) -> int:
     from lpd.bench.loro import LoroSettings, format_loro, format_sweep, run_loro
     from lpd.errors import InputError
     from lpd.infer.device import resolve_device
+    from lpd.progress import drive
 
     levers = [v.strip() for v in args.levers.split(",") if v.strip()]
     unknown = []
@@ -159,16 +160,12 @@ def run_loro_cli(args: argparse.Namespace) -> int:
         print(f"lpd bench accuracy --leave-one-release-out, lever {lever}: {settings.seeds} "
               f"seed(s) per held-out release, {torch.get_num_threads()} torch thread(s)",
               flush=True)
-        gen = run_loro(settings)
-        while True:
-            try:
-                e = next(gen)
-            except StopIteration as stop:
-                reports.append(stop.value)
-                break
+        def show(e, lever=lever) -> None:
             if e.phase != "train" or e.step % 20 == 0:
                 where = f"step {e.step}/{e.total}" if e.phase == "train" else e.phase
                 print(f"[{lever}; held out {e.release}, seed {e.seed}] {where}", flush=True)
+
+        reports.append(drive(run_loro(settings), show))
         # after every lever: partial results stay readable
         payload = reports[0] if len(reports) == 1 and levers == ["recipe"] else reports
         atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")

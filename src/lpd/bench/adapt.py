@@ -42,6 +42,7 @@ from lpd.config import FINETUNE_TRAINABLE as WIDGET_TRAINABLE
 from lpd.config import PROTOCOLS
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.metrics import ConfusionMatrix
+from lpd.progress import relay
 
 TAG_SEED = 3_000_000  # the stream of "tagged" mosaics (first half)
 EVAL_SEED = 4_000_000  # the stream of evaluation mosaics (second half)
@@ -118,18 +119,14 @@ def _base_model(settings: AdaptSettings) -> Iterator[AdaptEvent]:
             warmup_iters=min(run.train.warmup_iters, settings.base_steps // 3)))
     others = set(recipe.raw["releases"]) - {release}
     tiles, mpps = release_tiles(recipe, others)
-    gen = train_on_tiles(run, tiles, mpps, settings.device)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            label = f"recipe trained on {', '.join(sorted(others))}"
-            if cached is not None:
-                from lpd.io.checkpoint import save_checkpoint
+    model = yield from relay(train_on_tiles(run, tiles, mpps, settings.device),
+                             lambda p: AdaptEvent("base", step=p.step, total=p.total))
+    label = f"recipe trained on {', '.join(sorted(others))}"
+    if cached is not None:
+        from lpd.io.checkpoint import save_checkpoint
 
-                save_checkpoint(Path(cached), stop.value, {"base": label})
-            return stop.value, label
-        yield AdaptEvent("base", step=p.step, total=p.total)
+        save_checkpoint(Path(cached), model, {"base": label})
+    return model, label
 
 
 def _mosaics(folder: TileFolder, model, count: int, seed: int, mpp: float | None,
@@ -232,13 +229,8 @@ def run_adapt(settings: AdaptSettings) -> Iterator[AdaptEvent]:
                                 out_path=Path(work) / "tuned.safetensors",
                                 device=settings.device, mpp=base.config.microns_per_pixel,
                                 trainable=settings.trainable)
-                while True:
-                    try:
-                        p = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    yield AdaptEvent("finetune", n, seed, p.step, p.total)
+                result = yield from relay(gen, lambda p, n=n, s=seed: AdaptEvent(
+                    "finetune", n, s, p.step, p.total))
                 from lpd.io.checkpoint import load_checkpoint
 
                 tuned = load_checkpoint(result.checkpoint, settings.device)

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from lpd.bench.adapt import AdaptSettings, format_adapt, plot_adapt, run_adapt
     from lpd.errors import InputError
     from lpd.infer.device import resolve_device
+    from lpd.progress import drive
 
     try:
         counts = tuple(int(v) for v in args.counts.split(","))
@@ -62,17 +63,13 @@ def run(args: argparse.Namespace) -> int:
     settings = AdaptSettings(args.tiles, counts, args.seeds, args.steps, args.batch_size,
                              args.lr, args.eval_mosaics, str(resolve_device(args.device)),
                              args.base_steps, args.trainable, args.base_checkpoint)
-    gen = run_adapt(settings)
-    while True:
-        try:
-            e = next(gen)
-        except StopIteration as stop:
-            report = stop.value
-            break
+    def show(e) -> None:
         if e.phase != "finetune" and e.phase != "base" or e.step % 20 == 0:
             what = f"N={e.n} seed {e.seed}" if e.phase != "base" else "base model"
             print(f"[{what}] {e.phase} {e.step}/{e.total}" if e.total else
                   f"[{what}] {e.phase}", flush=True)
+
+    report = drive(run_adapt(settings), show)
     atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     table = format_adapt(report)
     atomic_write_text(args.json.with_suffix(".md"), table)

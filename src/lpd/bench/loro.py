@@ -39,6 +39,7 @@ from lpd.data.sources import HELD_APART_SEED, normalizer_for, reinhard_reference
 from lpd.default_model import Recipe, load_recipe, train_on_tiles
 from lpd.infer.patch import predict_patches
 from lpd.metrics import ConfusionMatrix, one_class_guess
+from lpd.progress import relay
 
 RANDOM_DRAWS = 10
 
@@ -173,14 +174,9 @@ def run_loro(settings: LoroSettings) -> Iterator[LoroEvent]:
         runs = []
         for seed in range(settings.seeds):
             seeded = dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed))
-            gen = train_on_tiles(seeded, train_tiles, train_mpps, settings.device)
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    model = stop.value
-                    break
-                yield LoroEvent(release, seed, "train", p.step, p.total)
+            model = yield from relay(
+                train_on_tiles(seeded, train_tiles, train_mpps, settings.device),
+                lambda p, r=release, s=seed: LoroEvent(r, s, "train", p.step, p.total))
             yield LoroEvent(release, seed, "evaluate")
             runs.append(_score_model(model, batches, single, settings.device))
             yield LoroEvent(release, seed, "done")

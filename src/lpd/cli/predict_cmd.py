@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
     from lpd.errors import StoreMismatch
     from lpd.infer.device import resolve_device
     from lpd.io.store import OutputStore
+    from lpd.progress import drive
     from lpd.segmentation import halo_for, load_model, plan_tiled, segment_iter
 
     torch.set_num_threads(threads)
@@ -117,16 +118,14 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
     try:
         with progress_bar(total, "tiles", "tile") as bar:
             bar.update(before)
-            while True:
-                try:
-                    progress = next(gen)
-                except StopIteration as stop:
-                    result = stop.value.result
-                    break
+
+            def show(progress) -> None:
                 if progress.stage == "tiles":
                     bar.update(progress.done - bar.n)
                 else:
                     bar.set_description("pyramid", refresh=False)
+
+            result = drive(gen, show).result
     except KeyboardInterrupt:
         gen.close()  # stops the reader thread; finished chunks stay on disk
         _report_interrupted(out)

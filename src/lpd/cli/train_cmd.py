@@ -62,6 +62,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     from lpd.cli._progress import progress_bar
     from lpd.distributed import is_main_process
+    from lpd.progress import drive
     from lpd.training import train_iter
 
     cfg = resolve_config(args)
@@ -70,17 +71,14 @@ def run(args: argparse.Namespace) -> int:
                      mosaics=args.mosaics, val_mosaics=args.val_mosaics,
                      tile_mpp=args.tile_mpp, device=args.device, resume=args.resume)
     with progress_bar(cfg.train.steps, "train", "step", disable=not main_rank) as bar:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        def show(p) -> None:
             bar.update(p.step - bar.n)
             post = {"loss": f"{p.loss:.3f}"}
             if p.val_miou is not None:
                 post["val_mIoU"] = f"{p.val_miou:.3f}"
             bar.set_postfix(post, refresh=False)
+
+        result = drive(gen, show)
     if not main_rank:
         return 0
     best = f", best val mIoU {result.best_val_miou:.4f}" if result.best_val_miou else ""

@@ -510,9 +510,6 @@ def export_training_folder(store: TagStore, image: object, out_dir: str | os.Pat
     return the written files. ``options``: ``patch_size`` (224), ``level`` /
     ``target_mpp`` / ``mpp`` as in ``tag_patches``, ``name`` (the stem; default: the
     image's), always passed through ``safe_stem``."""
-    gen = iter_export(store, image, out_dir, **options)  # type: ignore[arg-type]
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from lpd.progress import drive
+
+    return drive(iter_export(store, image, out_dir, **options))  # type: ignore[arg-type]

@@ -120,11 +120,9 @@ class TiledResult:
 
 def run_tiled(gen: Generator[TiledProgress, None, TiledResult]) -> TiledResult:
     """Drive ``predict_tiled`` to the end and return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from lpd.progress import drive
+
+    return drive(gen)
 
 
 def predict_tiled(
