@@ -126,8 +126,9 @@ class FineTuneWidget(qw.QWidget):
         self.device_combo.addItems(available_devices())
         form.addRow("Rate, device", row_of(self.lr_spin, self.device_combo))
         self.trainable_combo = qw.QComboBox(toolTip=(
-            "all: every weight learns; head only: the prototypes learn, the backbone's "
-            "weights stay as they are"))
+            "all: every weight learns; prototypes only: the prototypes, their projections "
+            "and temperatures learn, the backbone's weights stay (its BatchNorm statistics "
+            "follow your images). Default from lpd bench adapt: prototypes only"))
         for key, text in TRAINABLE_TEXT.items():
             self.trainable_combo.addItem(text, key)
         self.trainable_combo.setCurrentIndex(list(TRAINABLE_TEXT).index(FINETUNE_TRAINABLE))
@@ -331,17 +332,11 @@ class FineTuneWidget(qw.QWidget):
 
 
 def _tagged(gen: Any) -> Any:
-    """Yield ``(TUNING, progress)`` for each step of ``gen``; return its value."""
-    while True:
-        try:
-            progress = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        try:
-            yield TUNING, progress
-        except GeneratorExit:
-            gen.close()  # Cancel: fine_tune saves nothing
-            raise
+    """Yield ``(TUNING, progress)`` for each step of ``gen``; return its value. Cancel closes
+    this generator and so ``gen``: fine_tune saves nothing."""
+    from lpd.progress import relay
+
+    return (yield from relay(gen, lambda progress: (TUNING, progress)))
 
 
 def _has_tags(layer: Any) -> bool:

@@ -86,14 +86,15 @@ def test_fine_tune_writes_a_new_checkpoint_and_resegments(setup, qtbot) -> None:
     assert labels.data.shape == (128, 192) and labels.data.dtype == np.uint8
     assert labels.metadata["lpd_checkpoint"] == str(new)
     # Again (from the new one): the first result stays, the second gets the next name.
-    # ... training the prototypes only (the "Train" choice reaches fine_tune)
+    # ... and with the other "Train" choice (it reaches fine_tune)
     assert extra["trainable"] == FINETUNE_TRAINABLE  # the default, from lpd.config
+    other = "all" if FINETUNE_TRAINABLE == "head" else "head"
     widget.steps_spin.setValue(1)
     widget.resegment_check.setChecked(False)
-    widget.trainable_combo.setCurrentIndex(widget.trainable_combo.findData("head"))
+    widget.trainable_combo.setCurrentIndex(widget.trainable_combo.findData(other))
     _wait(qtbot, widget.run())
     second = checkpoint.parent / "tiny-finetuned-1.safetensors"
-    assert second.is_file() and read_checkpoint_metadata(second)[1]["trainable"] == "head"
+    assert second.is_file() and read_checkpoint_metadata(second)[1]["trainable"] == other
     assert read_checkpoint_metadata(new)[1]["finetuned_from"] == str(checkpoint)
 
 
