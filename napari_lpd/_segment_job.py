@@ -79,6 +79,7 @@ class SegmentRequest:
     resume: bool
     roi: Any = None  # (N, 2) polygon vertices (x, y), level-0 px: nothing labelled outside
     mpp_assumed: bool = False  # ``mpp`` is the assumed value, not the slide's
+    allow_resample: bool = False  # resample a level more than 8x (plan_tiled refuses else)
 
 
 @dataclass
@@ -128,7 +129,8 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
     try:
         # a slide's own mpp, unless it has none: then the user's value or the assumed one
         mpp = req.mpp if slide is None or slide.mpp is None else None
-        plan = plan_tiled(model, image, region=req.region, mpp=mpp, halo=halo_for(model))
+        plan = plan_tiled(model, image, region=req.region, mpp=mpp, halo=halo_for(model),
+                          allow_resample=req.allow_resample)
         req.store.parent.mkdir(parents=True, exist_ok=True)
         resume = req.resume and OutputStore.is_store(req.store)
         yield JobEvent("plan", 0, _tiles(plan), _plan_text(plan), plan=plan)

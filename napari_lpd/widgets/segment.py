@@ -137,6 +137,11 @@ class SegmentWidget(QWidget):
         self.prototypes_check = QCheckBox("Compute prototype maps")
         self.prototypes_check.setChecked(True)
         form.addRow("", self.prototypes_check)
+        self.resample_check = QCheckBox("Allow resampling beyond 8×")
+        self.resample_check.setToolTip(
+            "A level more than 8 times finer or coarser than the model's magnification usually "
+            "means a wrong µm/px (check the value above); tick to segment it anyway")
+        form.addRow("", self.resample_check)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
@@ -287,7 +292,7 @@ class SegmentWidget(QWidget):
             image=image, mpp=mpp, region=region, checkpoint=checkpoint,
             device=self.device_combo.currentText(), prototypes=prototypes,
             store=runs_dir() / f"{key}.zarr", resume=bool(source), roi=roi,
-            mpp_assumed=assumed,
+            mpp_assumed=assumed, allow_resample=self.resample_check.isChecked(),
         )
 
     def run(self) -> RunHandle | None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers_segment import small_he, tiny_checkpoint, wait_for
 
+import napari_lpd._segment_job as seg_job
 from napari_lpd._layers import RUNNING, labels_name, visible_region
 from napari_lpd._segment_job import Preview
 from napari_lpd.widgets.segment import SegmentWidget
@@ -328,3 +329,29 @@ def test_legend_areas_use_one_unit() -> None:
 
     assert format_areas([52_600, 1_260, 0]) == ["0.053 mm²", "0.001 mm²", "0.000 mm²"]
     assert format_areas([5_000, 12.5]) == ["5000 µm²", "12 µm²"]
+
+
+def test_resampling_beyond_8x_is_refused_unless_ticked(make_napari_viewer, qtbot, tmp_path,
+                                                       monkeypatch) -> None:
+    """A layer at 0.05 µm/px for a 0.5 µm/px model means shrinking it 10x: refused with one
+    notification (a wrong µm/px, usually); ticking the box lets it through to the plan."""
+    ckpt = tiny_checkpoint(tmp_path, microns_per_pixel=0.5)
+    viewer, widget = make_widget(make_napari_viewer, ckpt, scale=(0.05, 0.05),
+                                 units=("µm", "µm"))
+    shown = []
+    monkeypatch.setattr("napari_lpd._workers.show_error", shown.append)
+    wait_for(qtbot, widget.run())
+    assert len(shown) == 1 and "8x" in shown[0] and "allow" in shown[0]
+    assert [layer.name for layer in viewer.layers] == ["HE"]
+    asked = []
+    real = seg_job.plan_tiled
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("allow_resample"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg_job, "plan_tiled", spy)
+    widget.resample_check.setChecked(True)
+    widget.prototypes_check.setChecked(False)
+    wait_for(qtbot, widget.run())
+    assert asked == [True] and len(shown) == 1  # planned and run, no new error
