@@ -69,9 +69,12 @@ def _stop_and_check(args: list[str], workers: int, sig: int, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_bench_accuracy_leaves_no_training_worker(tmp_path, sig) -> None:
-    args = ["bench", "accuracy", "--quick", "--jobs", "2", "--threads", "1",
-            "--no-pretrained", "--json", str(tmp_path / "acc.json")]
+    # --steps 2000: the runs cannot end before the signal (the quick preset's could, on a
+    # fast machine, and then the command exits 0 with nothing to stop)
+    args = ["bench", "accuracy", "--quick", "--steps", "2000", "--jobs", "2", "--threads",
+            "1", "--no-pretrained", "--json", str(tmp_path / "acc.json")]
     code = _stop_and_check(args, 3, sig, tmp_path)  # a queue manager and two runs
+    assert "wall time" not in (tmp_path / "log.txt").read_text()  # stopped, not finished
     assert code == (143 if sig == signal.SIGTERM else 130)
     assert "terminated" in (tmp_path / "log.txt").read_text() or sig == signal.SIGINT
 
