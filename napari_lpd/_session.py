@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qtpy.QtCore import QObject, Signal
 
 if TYPE_CHECKING:
+    import napari.viewer
+
     from napari_lpd._workers import RunHandle
 
 
@@ -38,13 +40,13 @@ class Session(QObject):
     # one session per viewer, dropped with its viewer (a viewer hashes by identity)
     _sessions: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self._viewer = weakref.ref(viewer)
         self._segmenters: list[weakref.ref] = []  # newest last
 
     @classmethod
-    def of(cls, viewer: Any) -> Session:
+    def of(cls, viewer: napari.viewer.Viewer) -> Session:
         """The session of ``viewer``, made at the first call.
 
         Parameters
