@@ -35,9 +35,9 @@ import numpy as np
 
 def cli_run(checkpoint: Path, slide_path: Path, out: Path) -> dict:
     """The CLI-equivalent run: predict_tiled driven by the main thread, no GUI."""
-    from lpd.data.slide import open_slide
     from lpd.infer.tiled import run_tiled
     from lpd.io.checkpoint import load_checkpoint
+    from lpd.wsi.slide import open_slide
     from napari_lpd._segment_job import halo_for
 
     model = load_checkpoint(checkpoint)

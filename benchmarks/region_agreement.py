@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from lpd.data.sample import CMU_SLIDE
-from lpd.data.slide import open_slide
 from lpd.default_model import default_checkpoint_path
 from lpd.infer.tiled import plan_tiled, predict_tiled, run_tiled
 from lpd.io.checkpoint import load_checkpoint
+from lpd.wsi.slide import open_slide
 
 REGIONS = [(637, 1101, 700, 620), (905, 1413, 655, 590), (1237, 401, 600, 500),
            (101, 1837, 900, 700)]

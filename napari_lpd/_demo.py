@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lpd.data.sample import CMU_SLIDE
-from lpd.data.slide import open_slide
 from lpd.default_model import CARD_PATH, default_checkpoint_path
 from lpd.demo import SLIDE_NOTE
 from lpd.io.checkpoint import read_checkpoint_metadata
 from lpd.io.files import read_json
+from lpd.wsi.slide import open_slide
 from napari_lpd._layers import slide_layer
 from napari_lpd._sample_data import held_apart_mosaic_layers
 

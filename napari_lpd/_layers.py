@@ -16,13 +16,13 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
+from lpd.wsi.levels import Pyramid
 from napari_lpd._metadata import LayerMeta
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -191,8 +191,7 @@ def image_source(layer: Any) -> tuple[Any, float | None, str]:
     if layer.multiscale:
         levels = list(layer.data)
         downsamples = [float(d[-2]) for d in np.asarray(layer.downsample_factors)]
-        image: Any = SimpleNamespace(levels=levels, downsamples=downsamples, mpp=mpp,
-                                     path=layer.name)
+        image: Any = Pyramid(levels, downsamples, mpp, layer.name)
     else:
         image = layer.data
     return image, mpp, ""
@@ -205,7 +204,7 @@ def run_key(*parts: object) -> str:
 
 # ---- layers -----------------------------------------------------------------------------
 def slide_layer(slide: Any, name: str | None = None) -> LayerData:
-    """A multiscale RGB image layer of an ``lpd.data.slide.Slide`` (lazy levels), scaled in
+    """A multiscale RGB image layer of an ``lpd.wsi.slide.Slide`` (lazy levels), scaled in
     µm when the slide knows its microns per pixel."""
     levels = list(slide.levels)
     mpp = slide.mpp
@@ -336,7 +335,7 @@ def opened_pixels(layer: Any) -> Iterator[tuple[Any, float | None]]:
     file handle; closed at the end), else the layer's own arrays."""
     image, mpp, _ = image_source(layer)
     if isinstance(image, Path):
-        from lpd.data.slide import open_slide
+        from lpd.wsi.slide import open_slide
 
         with open_slide(image, mpp=mpp) as pixels:
             yield pixels, mpp

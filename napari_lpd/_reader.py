@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lpd.data.slide import open_slide
 from lpd.errors import InputError
 from lpd.io.store import OutputStore
+from lpd.wsi.slide import open_slide
 from napari_lpd._layers import (
     IN_MEMORY_MAX,
     LABELS_OPACITY,

@@ -8,7 +8,7 @@ import tifffile
 
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.data.sample import CMU_SLIDE, NCT_TILES
-from lpd.data.slide import open_slide
+from lpd.wsi.slide import open_slide
 from napari_lpd._layers import LABELS_OPACITY, LayerData, class_colormap, slide_layer, units_of
 from napari_lpd._metadata import LayerMeta
 

@@ -123,7 +123,7 @@ def segment_job(req: SegmentRequest) -> Generator[JobEvent, None, SegmentOutcome
     image = req.image
     slide = None
     if isinstance(image, Path):
-        from lpd.data.slide import open_slide
+        from lpd.wsi.slide import open_slide
 
         slide = image = open_slide(image)
     try:

@@ -7,7 +7,8 @@
 3. A private module (a name starting with ``_``, e.g. ``lpd.infer._plan``) is imported only
    from inside its own package (``lpd.infer.*`` for ``lpd.infer._plan``; ``lpd.*`` for
    ``lpd._atomic``); other packages use the package's public modules. Tests are exempt.
-4. ``lpd.data`` never imports ``lpd.infer``: training data sits below inference.
+4. ``lpd.data`` never imports ``lpd.infer``: training data sits below inference. Slide
+   access (``lpd.wsi``) sits below both: it imports none of ``WSI_FORBIDDEN``.
 5. Only the orchestrator (``lpd.segmentation``) and ``lpd.infer`` itself import
    ``lpd.infer.tiled``, plus the allow-list ``TILED_ALLOWED`` (the benchmarks, which time
    tiled inference itself). Everything else runs a job through ``lpd.segmentation``.
@@ -34,6 +35,9 @@ PACKAGES = {"lpd": ROOT / "src" / "lpd", "napari_lpd": ROOT / "napari_lpd"}
 GUI = {"qtpy", "napari", "magicgui", "superqt", "napari_lpd"}
 GUI_PREFIXES = ("PyQt", "PySide")
 WIDGETS = "napari_lpd.widgets"
+WSI = "lpd.wsi"
+WSI_FORBIDDEN = ("lpd.data", "lpd.infer", "lpd.io", "lpd.model", "lpd.segmentation",
+                 "lpd.training", "lpd.trainer", "lpd.bench", "lpd.cli")
 TILED = "lpd.infer.tiled"
 # besides lpd.segmentation and lpd.infer.*: modules that may import lpd.infer.tiled
 TILED_ALLOWED = ("lpd.bench.",)  # benchmarks time tiled inference itself
@@ -139,6 +143,12 @@ def data_violations(imports: tuple[Import, ...]) -> list[str]:
             if inside(i.importer, "lpd.data") and inside(i.imported, "lpd.infer")]
 
 
+def wsi_violations(imports: tuple[Import, ...]) -> list[str]:
+    return [f"{i.where}: {i.importer} imports {i.imported} (slide access sits below it)"
+            for i in imports if inside(i.importer, WSI)
+            and any(inside(i.imported, p) for p in WSI_FORBIDDEN)]
+
+
 def tiled_violations(imports: tuple[Import, ...]) -> list[str]:
     return [f"{i.where}: {i.importer} imports {i.imported} (use lpd.segmentation)"
             for i in imports
@@ -196,7 +206,11 @@ def test_the_rules_catch_what_they_forbid() -> None:
                                    imp("lpd.data.tags", "lpd.infer._reader"),
                                    imp("napari_lpd.a", "lpd._atomic")))) == 2
     assert len(data_violations((imp("lpd.data.a", "lpd.infer.tissue"),
-                                imp("lpd.infer.a", "lpd.data.tissue")))) == 1
+                                imp("lpd.infer.a", "lpd.wsi.tissue")))) == 1
+    assert wsi_violations((imp("lpd.wsi.slide", "lpd.data.pyramid"),
+                           imp("lpd.wsi.levels", "lpd.errors"),
+                           imp("lpd.data.tags", "lpd.wsi.levels"))) == [
+        "x.py:1: lpd.wsi.slide imports lpd.data.pyramid (slide access sits below it)"]
     assert len(tiled_violations((imp("lpd.segmentation", TILED), imp("lpd.infer.x", TILED),
                                  imp("lpd.bench.throughput", TILED),
                                  imp("lpd.cli.predict_cmd", TILED),
@@ -226,6 +240,10 @@ def test_private_modules_stay_in_their_package() -> None:
 
 def test_data_never_imports_infer() -> None:
     fail_with("lpd.data imports lpd.infer", data_violations(all_imports()))
+
+
+def test_slide_access_imports_nothing_above_it() -> None:
+    fail_with("lpd.wsi imports a package above it", wsi_violations(all_imports()))
 
 
 def test_only_the_orchestrator_imports_tiled_inference() -> None:

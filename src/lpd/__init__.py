@@ -31,7 +31,7 @@ _PUBLIC = {
     "segment": "lpd.segmentation",
     "segment_iter": "lpd.segmentation",
     "Segmentation": "lpd.segmentation",
-    "open_slide": "lpd.data.slide",
+    "open_slide": "lpd.wsi.slide",
     "export": "lpd.io.formats",
     "train": "lpd.training",
     "evaluate": "lpd.evaluation",

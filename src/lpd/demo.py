@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from lpd._atomic import atomic_path, atomic_write_text
 from lpd.data.sample import CMU_SLIDE
-from lpd.data.slide import open_slide
 from lpd.default_model import held_apart_dataset
 from lpd.errors import Cancelled, InputError
 from lpd.evaluation import score
@@ -31,6 +30,7 @@ from lpd.io.checkpoint import load_checkpoint
 from lpd.progress import drive
 from lpd.segmentation import segment_iter
 from lpd.viz import colourise_labels, overlay_heatmap, overlay_labels
+from lpd.wsi.slide import open_slide
 
 # on_progress(stage, done, total): stages "default model", "mosaics", "slide"
 ProgressFn = Callable[[str, int, int], None]

@@ -213,7 +213,7 @@ def segment_iter(
         Bad file, region, level, magnification; ``StoreMismatch`` when ``out`` holds
         another prediction and ``resume`` is True.
     """
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
 
     net = load_model(model, device) if not isinstance(model, LPDModel) else model
     halo = halo_for(net) if halo is None else int(halo)

@@ -16,10 +16,10 @@ from lpd.data.augment import (
     hed_to_rgb,
     rgb_to_hed,
 )
-from lpd.data.images import read_rgb
 from lpd.data.sample import KATHER2016_TILES, NCT_TILES
 from lpd.data.synthetic import synthetic_tissue
 from lpd.errors import InputError
+from lpd.wsi.images import read_rgb
 
 
 @pytest.fixture(scope="module")

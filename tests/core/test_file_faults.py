@@ -374,7 +374,7 @@ def test_one_row_masks_keep_their_shape(tmp_path) -> None:
     """A mask one pixel high (RGB or gray+alpha) is (1, W), not squeezed to (W, samples)."""
     from PIL import Image
 
-    from lpd.data.images import read_mask
+    from lpd.wsi.images import read_mask
 
     values = np.array([[0, 1, 2, 3, 4]], np.uint8)
     for mode, data in (("L", values), ("RGB", np.repeat(values[..., None], 3, axis=2)),

@@ -29,13 +29,13 @@ from shapely.geometry import shape
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
 from lpd.data.bcss import parse_tags
 from lpd.data.sample import CMU_SLIDE, TCGA_SLIDE
-from lpd.data.slide import open_slide
 from lpd.data.tags import TagStore, sidecar_path
 from lpd.errors import CheckpointError, InputError
 from lpd.io.checkpoint import load_checkpoint, save_checkpoint
 from lpd.io.export import export_csv, export_geojson
 from lpd.io.store import OutputStore
 from lpd.model import create_model
+from lpd.wsi.slide import open_slide
 
 TRIED: collections.Counter[str] = collections.Counter()
 FAST = settings(max_examples=25, deadline=None,

@@ -414,7 +414,7 @@ def test_fuzz_bcss_folder_names(tmp_path, names) -> None:
 # -- BCSS masks ---------------------------------------------------------------------------------
 @st.composite
 def masks(draw) -> tuple[np.ndarray, str, str]:
-    # height >= 2: lpd.data.images.read_mask squeezes a one-row RGB / LA image to (w, 3)
+    # height >= 2: lpd.wsi.images.read_mask squeezes a one-row RGB / LA image to (w, 3)
     h, w = draw(st.integers(2, 24)), draw(st.integers(1, 24))
     top = draw(st.sampled_from([4, 4, 5, 29, 255, 4095]))
     seed = draw(st.integers(0, 2**31))

@@ -7,9 +7,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from lpd.data.images import as_rgb_uint8, image_shape, read_mask, read_rgb
 from lpd.data.sample import KATHER2016_TILES, NCT_TILES
 from lpd.errors import InputError
+from lpd.wsi.images import as_rgb_uint8, image_shape, read_mask, read_rgb
 
 
 def _rgb(h: int = 32, w: int = 40) -> np.ndarray:

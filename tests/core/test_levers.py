@@ -23,7 +23,6 @@ from lpd.data.augment_policy import (
     quality_jitter,
     scale_jitter,
 )
-from lpd.data.images import read_rgb
 from lpd.data.mosaic import TileFolder
 from lpd.data.sample import KATHER2016_TILES, NCT_TILES
 from lpd.data.sources import augment_policy, normalizer_for
@@ -32,6 +31,7 @@ from lpd.default_model import load_recipe
 from lpd.infer.tiled import predict_tiled, run_tiled
 from lpd.model import create_model
 from lpd.model.prototype_bank import build_bank, init_prototypes_kmeans
+from lpd.wsi.images import read_rgb
 
 
 @pytest.fixture(scope="module")

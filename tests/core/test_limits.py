@@ -106,7 +106,7 @@ def test_other_runtime_errors_are_not_swallowed(small_model, image) -> None:
 HUGE = textwrap.dedent("""
     import resource, sys, torch
     from lpd.data.pyramid import write_synthetic_pyramid
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
     from lpd.infer.tiled import predict_tiled, run_tiled
     from lpd.model import create_model
     torch.set_num_threads(1)

@@ -139,7 +139,7 @@ def test_deterministic_by_seed_and_index(kather, generator):
 
 def test_pixels_come_from_the_tiles(kather):
     """A mosaic of one class without background shows only that class's tile pixels."""
-    from lpd.data.images import read_rgb
+    from lpd.wsi.images import read_rgb
 
     gen = MosaicGenerator(kather, size=64, seed=2, background_fraction=0.0, min_regions=1,
                           max_regions=1)

@@ -1,4 +1,4 @@
-"""Slide reader (lpd.data.slide) and generated pyramids (lpd.data.pyramid): the two bundled
+"""Slide reader (lpd.wsi.slide) and generated pyramids (lpd.data.pyramid): the two bundled
 real slides, a generated 100,000 x 100,000 pyramid, other TIFF layouts, and bad files."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import tifffile
 from PIL import Image
 
 from lpd.data import pyramid as pyramid_mod
-from lpd.data import slide as slide_mod
 from lpd.data.pyramid import CONSTANT_RGB, pyramid_shapes, write_synthetic_pyramid
 from lpd.data.sample import CMU_SLIDE, TCGA_SLIDE
-from lpd.data.slide import Slide, open_slide
 from lpd.errors import InputError
+from lpd.wsi import _tiff as slide_mod
+from lpd.wsi.slide import Slide, open_slide
 
 BIG = (100_000, 100_000)
 

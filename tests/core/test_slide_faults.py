@@ -13,10 +13,10 @@ import tifffile
 from PIL import Image
 from skimage.color import rgb2lab, rgb2ypbpr
 
-from lpd.data.images import read_rgb
-from lpd.data.slide import open_slide
 from lpd.errors import InputError
 from lpd.infer.tiled import plan_tiled
+from lpd.wsi.images import read_rgb
+from lpd.wsi.slide import open_slide
 
 pytestmark = pytest.mark.usefixtures("quiet_tifffile")
 

@@ -13,10 +13,8 @@ import pytest
 import torch
 from helpers_models import PassCounter
 
-from lpd.data.region import RegionSource
 from lpd.data.sample import sample_path
 from lpd.data.synthetic import synthetic_tissue
-from lpd.data.tissue import SATURATION_CEIL, SATURATION_FLOOR
 from lpd.errors import InputError
 from lpd.infer._blend import extreme_samples, labels_on_part, local_interpolation
 from lpd.infer._plan import tissue_fractions
@@ -25,6 +23,8 @@ from lpd.infer.patch import labels_from_scores, predicted_presence, score_maps
 from lpd.infer.tiled import plan_tiled, predict_tiled, run_tiled
 from lpd.io.store import OutputStore
 from lpd.model import create_model
+from lpd.wsi.region import RegionSource
+from lpd.wsi.tissue import SATURATION_CEIL, SATURATION_FLOOR
 
 # CPU everywhere (the references are computed on the CPU), also on a machine with a GPU
 predict = functools.partial(predict_tiled, device="cpu")
@@ -381,7 +381,7 @@ def test_same_pixel_same_label_whatever_region_is_asked(small_model, target_mpp)
     image, agree on every pixel covered by a window inside both (issue: a view and the
     whole image agreed on 71 % of the view's pixels when windows started at the corner)."""
     from lpd.data.sample import CMU_SLIDE
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
 
     slide = open_slide(CMU_SLIDE)
     kw = {"halo": 16, "target_mpp": target_mpp, "batch_size": 16}

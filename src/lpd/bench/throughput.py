@@ -180,7 +180,7 @@ def end_to_end(model, slide, store: Path, batch_size: int, **kwargs) -> dict:
 
 def open_time(path: Path, repeats: int) -> dict:
     """Seconds to open a slide (first and median of ``repeats`` fresh opens)."""
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
 
     times, shape, levels = [], None, 0
     for _ in range(repeats):
@@ -225,9 +225,9 @@ def rss_child(spec_json: str) -> None:
 
     import torch
 
-    from lpd.data.slide import open_slide
     from lpd.infer.tiled import predict_tiled, run_tiled
     from lpd.io.checkpoint import load_checkpoint
+    from lpd.wsi.slide import open_slide
 
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
@@ -329,7 +329,7 @@ def _measure_pipeline(s: ThroughputSettings, model, work: Path,
     """(a) the raw forward passes and (b) end-to-end tiled prediction of a synthetic
     slide, in ``s.rounds`` interleaved rounds; the report's entries for them."""
     from lpd.data.pyramid import write_synthetic_pyramid
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
 
     cfg = model.config
     tile = cfg.input_size - 2 * HALO
@@ -399,8 +399,8 @@ def _measure_open(s: ThroughputSettings, big: Path, say: Callable[[str], None]) 
 def _measure_rss(s: ThroughputSettings, model, big: Path, work: Path,
                  say: Callable[[str], None]) -> dict:
     """(d) peak RSS of predicting a region and the whole of ``big``, one child each."""
-    from lpd.data.slide import open_slide
     from lpd.io.checkpoint import save_checkpoint
+    from lpd.wsi.slide import open_slide
 
     tile = model.config.input_size - 2 * HALO
     ckpt = save_checkpoint(work / "bench-model.safetensors", model)

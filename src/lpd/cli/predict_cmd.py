@@ -74,7 +74,7 @@ def checkpoint_for_cli(checkpoint: str | Path | None, device: str = "cpu") -> Pa
 
 
 def run(args: argparse.Namespace) -> int:
-    from lpd.data.slide import open_slide
+    from lpd.wsi.slide import open_slide
 
     threads = default_threads() if args.threads is None else args.threads
     if threads < 1:

@@ -25,9 +25,9 @@ from PIL import Image
 
 from lpd._atomic import atomic_path
 from lpd.classes import CLASS_NAMES
-from lpd.data.images import image_shape, read_mask, read_rgb
 from lpd.data.synthetic import synthetic_tissue
 from lpd.errors import InputError
+from lpd.wsi.images import image_shape, read_mask, read_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TRAIN_DIRS = ("train", "training")

@@ -23,9 +23,9 @@ from lpd.config import IMAGENET_MEAN, IMAGENET_STD
 from lpd.data.augment import MacenkoNormalizer
 from lpd.data.augment_policy import AugmentSpec
 from lpd.data.bcss import EvalItem, TrainItem, read_eval_pair
-from lpd.data.images import read_rgb
 from lpd.data.mosaic import MosaicGenerator
 from lpd.errors import InputError
+from lpd.wsi.images import read_rgb
 
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 Triple = tuple[float, float, float]

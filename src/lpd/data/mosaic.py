@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from lpd.classes import CLASS_NAMES
-from lpd.data.images import read_rgb
 from lpd.data.synthetic import value_noise
 from lpd.errors import InputError
+from lpd.wsi.images import read_rgb
 
 OTHER = "OTHER"
 TILE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -378,12 +378,12 @@ GLASS_WINDOW = 9  # px: glass is judged over a neighbourhood, not pixel by pixel
 
 def glass_mask(rgb: np.ndarray, window: int = GLASS_WINDOW) -> np.ndarray:
     """Pixels in areas of glass: at least half of the ``window`` x ``window`` neighbours
-    are unstained and not dark (below ``lpd.data.tissue``'s saturation threshold), so
+    are unstained and not dark (below ``lpd.wsi.tissue``'s saturation threshold), so
     specks and thin gaps inside tissue, and dark nuclei, stay tissue. On the bundled
     tiles: 0-3 % of a tile, 22 % of one kather2016 DEBRIS tile, 56 % of the nct TUM tile."""
     from scipy.ndimage import uniform_filter
 
-    from lpd.data.tissue import DARK_MAX, tissue_mask
+    from lpd.wsi.tissue import DARK_MAX, tissue_mask
 
     unstained = ~tissue_mask(rgb) & (np.asarray(rgb).max(axis=-1) >= DARK_MAX)
     return uniform_filter(unstained.astype(np.float32), window, mode="nearest") >= 0.5

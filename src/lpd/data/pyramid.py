@@ -1,5 +1,4 @@
-"""Pyramidal (tiled, multi-resolution) TIFF structure: write generated slides tile by tile,
-and check a given file's structure before the slide reader trusts it.
+"""Generated pyramidal (tiled, multi-resolution) TIFF slides, written tile by tile.
 
 For tests and benchmarks of the lazy slide reader: any size (10^5 x 10^5 included) without
 holding the image in memory. The layout is the common "generic" one (level 0 as the main
@@ -17,9 +16,8 @@ Content:
   (tifffile accepts an iterator of encoded tiles), so a 100,000² JPEG pyramid is written in
   seconds. Every level is then exactly the downsample of level 0.
 
-Checks (``check_tiff_structure``, ``check_tiff_level``, used by ``lpd.data.slide``) read
-only directories and tag values, never pixel data, and raise ``InputError`` for truncated
-files and for headers that can't describe the file (absurd sizes, missing tiles).
+The checks a given file's structure passes before it is read are in
+``lpd.wsi.tiff_checks``.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,13 +33,8 @@ import numpy as np
 import tifffile
 
 from lpd._atomic import atomic_path
-from lpd.errors import InputError
 
 CONSTANT_RGB = (226, 170, 200)  # a pale eosin pink
-MAX_TILE_BYTES = 256 * 2**20  # a TIFF tile or strip larger than this can't be read lazily
-CONVERT_HINT = "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)"
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
-               13: 4, 16: 8, 17: 8, 18: 8}
 _MEMMAP_ABOVE = 256 * 2**20
 
 
@@ -207,89 +199,3 @@ def _store_half(nxt: np.ndarray | None, block: np.ndarray, y: int, x: int) -> No
     if nxt is not None:
         half = _half(block)
         nxt[y // 2:y // 2 + half.shape[0], x // 2:x // 2 + half.shape[1]] = half
-
-
-# ------------------------------------------------ checking a given TIFF before reading it
-def check_tiff_structure(path: Path, max_ifds: int = 100_000) -> None:
-    """Walk every image directory (and SubIFD) with a few small reads: in a file cut
-    anywhere, a directory, a tag value or a link lies past the end. (tifffile would only log
-    a warning and silently drop the pages after the cut: levels, or the whole image.)"""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        order, big = ("<" if head[:2] == b"II" else ">"), head[2:4] in (b"+\x00", b"\x00+")
-        if len(head) < (16 if big else 8):
-            raise InputError(path, f"the file is truncated ({size} bytes, a TIFF header only)")
-        if not big and size > 2**32:
-            return  # classic TIFF past 4 GiB: vendor offset hacks (NDPI); leave it to tifffile
-        cfmt, ofmt, entry = ("Q", "Q", 20) if big else ("H", "I", 12)
-        csize, osize = struct.calcsize(cfmt), struct.calcsize(ofmt)
-        todo = [struct.unpack(order + ofmt, head[8:16] if big else head[4:8])[0]]
-        seen: set[int] = set()
-        while todo:
-            offset = todo.pop()
-            if not offset or offset in seen:
-                continue
-            if len(seen) >= max_ifds:
-                raise InputError(path, f"more than {max_ifds} image directories: corrupt file")
-            seen.add(offset)
-            if offset >= size:  # also: seek() fails (EINVAL) on offsets past 2**63
-                raise InputError(path, f"the file is truncated or corrupt: an image directory "
-                                 f"at byte {offset} lies past the end of the file ({size} bytes)")
-            fh.seek(offset)
-            raw = fh.read(csize)
-            count = struct.unpack(order + cfmt, raw)[0] if len(raw) == csize else 0
-            table = fh.read(count * entry + osize)
-            if len(raw) < csize or len(table) < count * entry + osize:
-                raise InputError(path, f"the file is truncated: the image directory at byte "
-                                 f"{offset} runs past the end of the file ({size} bytes)")
-            for i in range(count):
-                e = table[i * entry:(i + 1) * entry]
-                tag, kind, n = struct.unpack(order + ("HHQ" if big else "HHI"), e[:-osize])
-                nbytes, where = n * _TYPE_SIZES.get(kind, 1), e[-osize:]
-                if nbytes > osize:
-                    at = struct.unpack(order + ofmt, where)[0]
-                    if at + nbytes > size:
-                        raise InputError(path, f"the file is truncated: tag {tag} of the image "
-                                         f"directory at byte {offset} points past the end "
-                                         f"of the file ({size} bytes)")
-                    if tag == 330 and n <= max_ifds:  # SubIFDs: reduced levels live there
-                        fh.seek(at)
-                        where = fh.read(nbytes)
-                if tag == 330 and kind in (4, 13, 16, 18) and n <= max_ifds:
-                    step = 8 if kind in (16, 18) else 4
-                    todo += struct.unpack(f"{order}{n}{'Q' if step == 8 else 'I'}",
-                                          where[:n * step])
-            todo.append(struct.unpack(order + ofmt, table[-osize:])[0])
-
-
-def check_tiff_level(path: Path, page, lv: int, filesize: int) -> None:
-    """Refuse a level whose header can't describe this file, reading no pixel data (its
-    colour model is checked by ``lpd.data.pixels.tiff_pixel_format``)."""
-    h, w = int(page.imagelength), int(page.imagewidth)
-    if h < 1 or w < 1:
-        raise InputError(path, f"level {lv} declares an empty image ({w}x{h} px)")
-    dtype = page.dtype
-    if dtype is None or dtype.kind != "u" or dtype.itemsize > 4 or page.samplesperpixel > 4:
-        raise InputError(path, f"level {lv}: {page.samplesperpixel} samples of type {dtype} "
-                         "per pixel are not supported (expected unsigned 8/16-bit grayscale, "
-                         "RGB or RGBA)")
-    chunk_bytes = math.prod(page.chunks) * dtype.itemsize
-    if chunk_bytes > MAX_TILE_BYTES:
-        raise InputError(path, f"level {lv} is stored in {'tiles' if page.is_tiled else 'strips'}"
-                         f" of {chunk_bytes / 2**20:.0f} MiB each and can't be read lazily; "
-                         f"{CONVERT_HINT}")
-    try:
-        expected = math.prod(page.chunked)
-    except Exception as exc:
-        raise InputError(path, f"level {lv}: invalid tile layout ({exc})") from None
-    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-    counts = np.asarray(page.databytecounts, dtype=np.int64)
-    if offsets.size != expected or counts.size != offsets.size:
-        raise InputError(path, f"level {lv} declares {w}x{h} px, i.e. {expected} tiles or "
-                         f"strips, but lists {offsets.size} tile offsets: corrupt header")
-    present = counts > 0
-    end = int((offsets + counts)[present].max()) if present.any() else 0
-    if end > filesize or (present.any() and int(offsets[present].min()) < 0):
-        raise InputError(path, f"level {lv}: tile data runs to byte {end} but the file has "
-                         f"{filesize} bytes: the file is truncated")

@@ -20,9 +20,9 @@ from lpd.data.augment_policy import (
 from lpd.data.bcss import MPP as BCSS_MPP
 from lpd.data.bcss import check_eval_masks, find_bcss
 from lpd.data.datasets import BCSSEvalDataset, BCSSTrainDataset, MosaicDataset
-from lpd.data.images import read_rgb
 from lpd.data.mosaic import MosaicGenerator, TileFolder
 from lpd.errors import InputError
+from lpd.wsi.images import read_rgb
 
 # Seeds of the mosaic streams: training and held-apart evaluation never share a layout.
 TRAIN_MOSAIC_SEED = 1_000

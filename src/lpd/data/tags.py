@@ -27,13 +27,13 @@ import platformdirs
 from lpd._atomic import atomic_path, atomic_write_text
 from lpd._userfile import read_json
 from lpd.classes import CLASS_NAMES
-from lpd.data.region import RegionSource
 from lpd.data.sample import SAMPLE_ROOT
 from lpd.errors import InputError
+from lpd.wsi.levels import as_pyramid, choose_level, resize_factor
+from lpd.wsi.region import RegionSource
 
 FORMAT, VERSION, SIDECAR_SUFFIX = "lpd-tags", 1, ".lpd-tags.json"
 SOURCES = ("rectangle", "grid")
-MPP_TOLERANCE = 0.02  # as tiled inference: no resize within 2 % of the target
 MAX_COORD = 1e12  # px: far beyond any slide, and exact as a float (no inf from x + w)
 _FINGERPRINT_BYTES = 65536
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -418,10 +418,8 @@ def tag_patches(store: TagStore, image: object, *, patch_size: int = 224,
         notes.append(f"the image has no microns per pixel: tags used at full resolution, "
                      f"not at {target_mpp} µm/px")
     elif level is None and target_mpp is not None:
-        chosen = max((i for i, d in enumerate(downsamples)
-                      if image_mpp * d <= target_mpp * (1 + MPP_TOLERANCE)), default=0)
-        resize = image_mpp * downsamples[chosen] / target_mpp
-        resize = 1.0 if abs(resize - 1.0) <= MPP_TOLERANCE else resize
+        chosen = choose_level(downsamples, image_mpp, target_mpp)
+        resize = resize_factor(image_mpp * downsamples[chosen], target_mpp)
     d, arr = float(downsamples[chosen]), levels[chosen]
     (hl, wl), (h0, w0) = map(int, arr.shape[:2]), map(int, levels[0].shape[:2])
     patches: list[TagPatch] = []
@@ -452,19 +450,12 @@ def _starts(length: int, size: int) -> list[int]:
 
 
 def _pyramid(image: object, mpp: float | None, name: Path) -> tuple[list, list[float], float | None]:
-    if hasattr(image, "levels"):  # a Slide
-        levels, downsamples = list(image.levels), [float(v) for v in image.downsamples]  # type: ignore[attr-defined]
-        mpp = mpp if mpp is not None else image.mpp  # type: ignore[attr-defined]
-    else:
-        levels = list(image) if isinstance(image, (list, tuple)) else [image]
-        downsamples = [int(levels[0].shape[0]) / int(lv.shape[0]) for lv in levels]
-    for i, lv in enumerate(levels):
-        shape, dtype = tuple(getattr(lv, "shape", ())), getattr(lv, "dtype", None)
+    pyramid = as_pyramid(image, mpp, str(name))
+    for i, lv in enumerate(pyramid.levels):
+        shape, dtype = tuple(lv.shape), getattr(lv, "dtype", None)
         if len(shape) != 3 or shape[-1] not in (3, 4) or dtype is None or np.dtype(dtype) != np.uint8:
             raise InputError(name, f"level {i} is {shape} {dtype}; tags need an RGB uint8 image")
-    if mpp is not None and not (math.isfinite(float(mpp)) and float(mpp) > 0):
-        raise InputError(name, f"microns per pixel must be positive, got {mpp}")
-    return levels, downsamples, mpp if mpp is None else float(mpp)
+    return pyramid.levels, pyramid.downsamples, pyramid.mpp
 
 
 # -- export -----------------------------------------------------------------------------

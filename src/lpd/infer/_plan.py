@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lpd.data.pixels import dark_note
-from lpd.data.region import RegionSource, read_array
-from lpd.data.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 from lpd.errors import InputError
 from lpd.infer.patch import FUSED_SCALES
 from lpd.tiling import AxisGrid, TileGrid
+from lpd.wsi.levels import as_pyramid, choose_level, resize_factor
+from lpd.wsi.pixels import dark_note
+from lpd.wsi.region import RegionSource, read_array
+from lpd.wsi.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 
-MPP_TOLERANCE = 0.02  # no resize when the level's mpp is within 2 % of the target
 MAX_RESIZE = 8.0  # resampling a level by more than this, either way, needs allow_resample
 SAMPLES_PER_TILE = 4  # tissue view: at least this many pixels along a tile side
 
@@ -130,14 +130,16 @@ def plan_tiled(
         ``MAX_RESIZE`` without ``allow_resample``.
     """
     cfg = model.config  # type: ignore[attr-defined]
-    levels, downsamples, slide_mpp, name = _pyramid(image, mpp)
+    pyramid = as_pyramid(image, mpp)
+    levels, downsamples, slide_mpp, name = (pyramid.levels, pyramid.downsamples, pyramid.mpp,
+                                            pyramid.name)
     size = int(cfg.input_size)
     strides = fused_strides(model)
     _check_window(size, halo, max(strides))
     halo = int(halo)
     h0, w0 = _check_level(levels[0], name, 0)
     x, y, w, h = _region(region, (h0, w0), name)
-    notes = _input_notes(image, region, (x, y, w, h), mpp, slide_mpp)
+    notes = _input_notes(pyramid.notes, region, (x, y, w, h), mpp, slide_mpp)
     model_mpp = cfg.microns_per_pixel
     target = target_mpp if target_mpp is not None else (model_mpp if level is None else None)
     if target is not None and not (math.isfinite(target) and target > 0):
@@ -181,12 +183,12 @@ def _check_window(size: int, halo: int, align: int) -> None:
                          f"stride) below {size // 2}, got {halo}")
 
 
-def _input_notes(image: object, region: Sequence[int] | None, clipped: tuple[int, ...],
+def _input_notes(own: Sequence[str], region: Sequence[int] | None, clipped: tuple[int, ...],
                  mpp: float | None, slide_mpp: float | None) -> list[str]:
     """The image's own notes, an overridden implausible mpp, a clipped region."""
-    from lpd.data.slide import mpp_note
+    from lpd.wsi.slide import mpp_note
 
-    notes: list[str] = [str(n) for n in (getattr(image, "metadata", None) or {}).get("notes", [])]
+    notes: list[str] = list(own)
     if mpp is not None and slide_mpp is not None and mpp_note(slide_mpp, "override"):
         notes.append(mpp_note(slide_mpp, "override"))  # type: ignore[arg-type]
     if region is not None and tuple(int(v) for v in region) != clipped:
@@ -196,28 +198,22 @@ def _input_notes(image: object, region: Sequence[int] | None, clipped: tuple[int
 
 def _choose_level(level: int | None, count: int, downsamples: Sequence[float],
                   target: float | None, slide_mpp: float | None, name: str | None) -> int:
-    """``level`` when given; else the coarsest level at least as fine as ``target``
-    (``MPP_TOLERANCE``); else 0."""
+    """``level`` when given (checked); else ``lpd.wsi.levels.choose_level``."""
     if level is not None:
         if not 0 <= level < count:
             raise InputError(name, f"level {level} does not exist (0..{count - 1})")
         return level
-    if target is not None and slide_mpp is not None:
-        fine = [i for i, d in enumerate(downsamples) if slide_mpp * d <= target * (1 + MPP_TOLERANCE)]
-        return fine[-1] if fine else 0
-    return 0
+    return choose_level(downsamples, slide_mpp, target)
 
 
 def _resize(chosen: int, d: float, target: float | None, slide_mpp: float | None,
             allow_resample: bool, name: str | None, notes: list[str]) -> float:
-    """Output px per px of level ``chosen`` (downsample ``d``): 1 within ``MPP_TOLERANCE``
-    of the target; beyond ``MAX_RESIZE`` either way only with ``allow_resample``. Adds the
-    user's notes to ``notes``."""
+    """Output px per px of level ``chosen`` (downsample ``d``), by
+    ``lpd.wsi.levels.resize_factor``; beyond ``MAX_RESIZE`` either way only with
+    ``allow_resample``. Adds the user's notes to ``notes``."""
     if target is None or slide_mpp is None:
         return 1.0
-    resize = slide_mpp * d / target
-    if abs(resize - 1.0) <= MPP_TOLERANCE:
-        resize = 1.0
+    resize = resize_factor(slide_mpp * d, target)
     if not 1.0 / MAX_RESIZE <= resize <= MAX_RESIZE:
         how = f"{'enlarging' if resize > 1 else 'shrinking'} it {max(resize, 1 / resize):.3g}x"
         if not allow_resample:
@@ -304,7 +300,7 @@ def slide_saturation(levels: Sequence[object], max_side: int = 1024) -> float:
 
 
 def dark_note_of(levels: Sequence[object], side: int = 1024) -> str | None:
-    """``lpd.data.pixels.dark_note`` of the coarsest level (read with a stride when it is
+    """``lpd.wsi.pixels.dark_note`` of the coarsest level (read with a stride when it is
     small, else a central window of ``side`` px: a few chunks, never the whole level).
 
     Parameters
@@ -330,24 +326,6 @@ def dark_note_of(levels: Sequence[object], side: int = 1024) -> str | None:
     return dark_note(view)
 
 
-def _pyramid(image: object, mpp: float | None) -> tuple[list, list[float], float | None, str | None]:
-    name = str(getattr(image, "path", "")) or None
-    if hasattr(image, "levels"):
-        levels = list(image.levels)  # type: ignore[attr-defined]
-        h0 = int(levels[0].shape[0])
-        downsamples = [float(d) for d in getattr(image, "downsamples", [])] or [
-            h0 / int(lv.shape[0]) for lv in levels
-        ]
-        slide_mpp = mpp if mpp is not None else getattr(image, "mpp", None)
-    else:
-        levels, downsamples, slide_mpp = [image], [1.0], mpp
-    if slide_mpp is not None:
-        slide_mpp = float(np.mean(slide_mpp))
-        if not (math.isfinite(slide_mpp) and slide_mpp > 0):
-            raise InputError(name, f"microns per pixel must be positive, got {slide_mpp}")
-    return levels, downsamples, slide_mpp, name
-
-
 def _check_level(array: object, name: str | None, index: int) -> tuple[int, int]:
     shape = getattr(array, "shape", None)
     dtype = getattr(array, "dtype", None)
@@ -356,7 +334,7 @@ def _check_level(array: object, name: str | None, index: int) -> tuple[int, int]
     if len(shape) != 3 or shape[-1] != 3 or np.dtype(dtype) != np.uint8:
         raise InputError(
             name, f"level {index} is {tuple(shape)} {np.dtype(dtype)}; tiled inference needs "
-            "(H, W, 3) uint8 RGB (convert with lpd.data.images.as_rgb_uint8 or open_slide)",
+            "(H, W, 3) uint8 RGB (convert with lpd.wsi.images.as_rgb_uint8 or open_slide)",
         )
     if shape[0] < 1 or shape[1] < 1:
         raise InputError(name, f"level {index} is empty ({tuple(shape)})")

@@ -3,7 +3,7 @@
 It reads the windows of the next batch while the model computes the current one: one
 thread, one batch ahead (a queue of one), dask read synchronously in this thread (never in
 dask's own pool, which would compete with torch for the cores). Pixels come through
-``lpd.data.region.RegionSource`` (the output grid seen on a pyramid level)."""
+``lpd.wsi.region.RegionSource`` (the output grid seen on a pyramid level)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpd.data.region import RegionSource
-from lpd.data.tissue import DEFAULT_SATURATION, tissue_fraction
+from lpd.wsi.region import RegionSource
+from lpd.wsi.tissue import DEFAULT_SATURATION, tissue_fraction
 
 
 @dataclass

@@ -25,7 +25,7 @@ Definitions (docs/method.md, Definitions: "tiled inference blends before any per
 - Per-tile step: for each output tile, ``predicted_presence`` (or the given presence) and
   ``labels_from_scores`` run on the blended maps of its window (clipped to the slide);
   the tile keeps the central, output-tile part.
-- Tissue: tiles with less than ``tissue_threshold`` tissue (``lpd.data.tissue``) are skipped:
+- Tissue: tiles with less than ``tissue_threshold`` tissue (``lpd.wsi.tissue``) are skipped:
   label 0, no forward pass, no part in the blending.
 - Prototypes (optional): the deepest scale's per-prototype logit maps, central cells of
   each tile's own window (nearest cell, not blended: a heatmap for viewing).
@@ -54,7 +54,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpd.data.tissue import DEFAULT_SATURATION
 from lpd.errors import InputError
 from lpd.infer._blend import ScoreBlender, WindowLabels
 from lpd.infer._forward import ModelInput, autocast, forward_maps
@@ -75,6 +74,7 @@ from lpd.infer.patch import FUSED_SCALES
 from lpd.io.store import OutputStore
 from lpd.model.lpd_model import LPDModel
 from lpd.tiling import tiles_per_chunk
+from lpd.wsi.tissue import DEFAULT_SATURATION
 
 __all__ = ["TilePlan", "TiledProgress", "TiledResult", "TiledRun", "RunSettings", "plan_tiled",
            "predict_tiled", "run_tiled"]

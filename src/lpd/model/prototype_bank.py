@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from lpd.data.datasets import to_tensor
-from lpd.data.images import read_rgb
 from lpd.data.mosaic import TileFolder
 from lpd.errors import InputError
 from lpd.model.head import BankHead
 from lpd.model.lpd_model import LPDModel
+from lpd.wsi.images import read_rgb
 
 
 def spherical_kmeans(

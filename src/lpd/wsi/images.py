@@ -6,7 +6,7 @@ indices of a mask (palette indices for P-mode PNG, never the palette's colours).
 Conversion rules (``as_rgb_uint8``), chosen so that H&E colours are not distorted:
 - grayscale (HxW or HxWx1) is repeated to RGB; gray+alpha and RGBA are composited on white;
 - unsigned integers: white is the file's declared maximum, else the full range of the
-  stored samples, never the image's own maximum (``lpd.data.pixels``, the rule of the slide
+  stored samples, never the image's own maximum (``lpd.wsi.pixels``, the rule of the slide
   reader too): a TIFF tile's MaxSampleValue / OME SignificantBits / BitsPerSample, a 16-bit
   PNG's 65535 (read with all 16 bits, not cut to 8 by PIL), an array's dtype range (or
   ``maxval=``). TIFF tiles also get the slide reader's colour rules (YCbCr and CIELab
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from lpd.data.pixels import ome_significant_bits, png_bit_depth, tiff_pixel_format, to_rgb8
 from lpd.errors import InputError
+from lpd.wsi.pixels import ome_significant_bits, png_bit_depth, tiff_pixel_format, to_rgb8
 
 PathLike = str | os.PathLike[str]
 

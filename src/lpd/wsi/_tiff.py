@@ -1,229 +1,44 @@
-"""Whole-slide images as pyramids of lazy dask arrays, never read whole.
+"""The tifffile backend of ``lpd.wsi.open_slide``: TIFF-family slides as lazy dask levels.
 
-``open_slide`` reads Aperio SVS, generic tiled / pyramidal TIFF, OME-TIFF and NDPI (what
-tifffile reads) through ``tifffile -> zarr store -> dask``: one array per pyramid level, each
-from its own TIFF page (never ``base[::2]``), in chunks of about 1 MiB made of whole file
-tiles. Plain PNG / JPEG (anything PIL reads) is small: read once into a single level, up to
-``lpd.data.images.MAX_PIXELS``.
-
-Every level is ``(H, W, 3) uint8``, converted per chunk as it is read by the rules of
-``lpd.data.pixels`` (the same for every reader): white is the TIFF's MaxSampleValue, else
-OME SignificantBits, else ``2**bits - 1`` (never the image's own maximum); YCbCr the codec
-leaves alone and CIELab are converted to RGB; grayscale is repeated to RGB; gray+alpha and
-RGBA are composited on white (transparent = background); MinIsWhite is inverted. Float,
-signed, palette, CMYK, > 4 samples and extra non-singleton axes (focal planes, time,
-channels) are refused.
-
-The slide is the file's main image, chosen by its role, never by its size: tifffile's
-series names (SVS, NDPI, Philips, OME image names), the Aperio ImageDescription and the
-NewSubfileType tag mark thumbnails, labels, macro (overview) photos and reduced copies;
-the first image not so marked, in file order, is the slide.
-
-Before any pixel is read the header is checked: every image directory and tag value lies
-inside the file, the tile count matches the declared size, tiles lie inside the file and one
-tile is < 256 MiB decoded. So truncated files and headers declaring absurd sizes are an
-``InputError`` at open time, without allocating. Corrupt tile data is only found when read:
-that read (also from inside a dask task) raises an ``InputError`` naming the file, the level
-and the tile.
-
-Microns per pixel: the Aperio description (``MPP = 0.499``), OME PhysicalSizeX, else the TIFF
-resolution tags (centimetre / inch; values outside 0.01..100 µm/px, such as a 72 dpi
-placeholder, are ignored). ``mpp=`` overrides them. Otherwise ``mpp`` is None and
-``mpp_source`` is ``"unknown"``: callers refuse or flag areas in µm². A value outside
-``PLAUSIBLE_MPP`` (0.1..20 µm/px: finer than a light microscope resolves, or coarser than a
-slide scan) is kept but noted in ``metadata["notes"]`` (shown by ``lpd predict`` and napari).
+Each level is read from its own TIFF page through ``_LevelSource`` (tifffile -> zarr store),
+converted per chunk by the rules of ``lpd.wsi.pixels``; the main image is chosen by its role
+(``image_role``), never by its size. See ``lpd.wsi.slide`` for the rules a reader follows.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
-from lpd.data.pixels import (
+from lpd.errors import InputError
+from lpd.wsi.pixels import (
     PixelFormat,
     ome_pixels,
     ome_significant_bits,
     tiff_pixel_format,
     to_rgb8,
 )
-from lpd.data.pyramid import CONVERT_HINT, check_tiff_level, check_tiff_structure
-from lpd.errors import InputError
+from lpd.wsi.slide import Slide, dask_token
+from lpd.wsi.tiff_checks import check_tiff_level, check_tiff_structure
 
 CHUNK_BYTES = 2**20  # target size of one dask chunk (decoded RGB)
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _AXES = ("YX", "YXS", "SYX", "CYX")
 _UNITS_UM = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
              "Å": 1e-4, "pm": 1e-6}
 _MPP_RANGE = (0.01, 100.0)  # outside: a placeholder (72 dpi), not a scale; ignored
-PLAUSIBLE_MPP = (0.1, 20.0)  # outside: kept, with a note
 # images that are not the slide: by series name, by Aperio description, by NewSubfileType
 _AUX_NAME = re.compile(r"\b(macro|label|thumbnail|overview|preview|map)\b", re.IGNORECASE)
 _AUX_APERIO = re.compile(r"^\s*(macro|label|thumbnail)\b|->", re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass(eq=False)
-class Slide:
-    """An opened slide. ``levels[i]`` is a lazy ``(H, W, 3) uint8`` dask array of level i
-    (level 0 is full resolution); ``downsamples[i]`` is level-0 pixels per level-i pixel."""
-
-    path: Path
-    levels: list[da.Array]
-    downsamples: list[float]
-    mpp: float | None
-    mpp_source: str  # "metadata", "override" or "unknown"
-    vendor: str  # "aperio", "ome", "ndpi", "tiff", "png", "jpeg", "image", ...
-    metadata: dict = field(default_factory=dict)
-    _handle: _TiffHandle | None = field(default=None, repr=False)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Level-0 (H, W)."""
-        return int(self.levels[0].shape[0]), int(self.levels[0].shape[1])
-
-    def level_mpp(self, level: int) -> float | None:
-        """Microns per pixel of a level (None when unknown)."""
-        return None if self.mpp is None else self.mpp * self.downsamples[level]
-
-    def best_level_for_mpp(self, target_mpp: float) -> tuple[int, float]:
-        """(level, factor): the coarsest level at least as fine as ``target_mpp`` (1 %
-        tolerance) and the resize factor that brings it to the target (new size = size *
-        factor; < 1 shrinks; exactly 1.0 within 1 %). Upsamples (> 1) only when level 0 is
-        coarser than the target. InputError when the slide's mpp is unknown."""
-        if not (math.isfinite(target_mpp) and target_mpp > 0):
-            raise ValueError(f"target_mpp must be a positive number, got {target_mpp}")
-        if self.mpp is None:
-            raise InputError(self.path, "microns per pixel unknown (not in the file's "
-                             "metadata); give it explicitly (mpp= / --mpp)")
-        fine = [i for i in range(len(self.levels)) if self.level_mpp(i) <= target_mpp * 1.01]
-        level = max(fine, key=lambda i: self.downsamples[i]) if fine else 0
-        factor = self.level_mpp(level) / target_mpp
-        return level, 1.0 if abs(factor - 1.0) <= 0.01 else factor
-
-    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """Pixels [y, y+h) x [x, x+w) of a level, uint8 (h', w', 3). Clipped to the level,
-        never padded: past an edge the result is smaller, and it starts at max(y, 0),
-        max(x, 0)."""
-        if not 0 <= level < len(self.levels):
-            raise IndexError(f"level {level} out of range 0..{len(self.levels) - 1}")
-        if h < 0 or w < 0:
-            raise ValueError(f"region size must be >= 0, got {h}x{w}")
-        arr = self.levels[level]
-        y0, x0 = min(max(0, y), arr.shape[0]), min(max(0, x), arr.shape[1])
-        y1, x1 = max(y0, min(arr.shape[0], y + h)), max(x0, min(arr.shape[1], x + w))
-        if self._handle is not None:  # straight to the reader: no dask graph for one read
-            return self._handle.sources[level][y0:y1, x0:x1, :]
-        return np.asarray(arr[y0:y1, x0:x1].compute(scheduler="sync"))
-
-    def close(self) -> None:
-        """Release the file; lazy arrays of a closed slide can no longer be computed."""
-        if self._handle is not None:
-            self._handle.close()
-
-    def __enter__(self) -> Slide:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
-    """Open a slide or plain image as a lazy pyramid (see the module docstring).
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Aperio SVS, TIFF, OME-TIFF, NDPI, PNG, JPEG (read by content, not by extension).
-    mpp : float, optional
-        Level-0 microns per pixel, overriding the file's.
-
-    Returns
-    -------
-    Slide
-        Notes for the user (an implausible microns per pixel) in ``metadata["notes"]``.
-
-    Raises
-    ------
-    InputError
-        The file is missing, unreadable, corrupt or of an unsupported kind (naming it).
-    """
-    path = Path(path)
-    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
-                            or not math.isfinite(mpp) or mpp <= 0):
-        raise InputError(path, f"the mpp override must be a positive number, got {mpp!r}")
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not a slide file")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise InputError(path, f"cannot open file ({exc.strerror})") from None
-    if not magic:
-        raise InputError(path, "file is empty (0 bytes)")
-    slide = _open_tiff(path) if magic in _TIFF_MAGIC else _open_plain(path, magic)
-    if mpp is not None:
-        slide.metadata["mpp_metadata"] = slide.mpp
-        slide.mpp, slide.mpp_source = float(mpp), "override"
-    note = mpp_note(slide.mpp, slide.mpp_source)
-    if note:
-        slide.metadata.setdefault("notes", []).append(note)
-    return slide
-
-
-def mpp_note(mpp: float | None, source: str) -> str | None:
-    """A note when a microns per pixel is outside ``PLAUSIBLE_MPP``.
-
-    Parameters
-    ----------
-    mpp : float or None
-        Level-0 microns per pixel.
-    source : str
-        ``"metadata"`` (the file's) or ``"override"`` (given by the user).
-
-    Returns
-    -------
-    str or None
-        None when ``mpp`` is None or plausible.
-    """
-    lo, hi = PLAUSIBLE_MPP
-    if mpp is None or lo <= mpp <= hi:
-        return None
-    origin = "the file declares" if source == "metadata" else "given as"
-    why = "finer than a light microscope resolves" if mpp < lo else "coarser than a slide scan"
-    return (f"{origin} {mpp:.3g} µm/px, outside the usual {lo:g}-{hi:g} µm/px ({why}): "
-            "areas and magnification may be wrong; check it, and give the right value with "
-            "--mpp (mpp= in Python)")
-
-
-def _open_plain(path: Path, magic: bytes) -> Slide:
-    from lpd.data.images import MAX_PIXELS, image_shape, read_rgb
-
-    try:
-        h, w = image_shape(path)  # header only
-    except InputError as exc:
-        if exc.problem.startswith("not an image file"):
-            raise InputError(path, "not a slide or image file (supported: Aperio SVS, TIFF, "
-                             "OME-TIFF, NDPI, PNG, JPEG)") from None
-        raise
-    if h * w > MAX_PIXELS:
-        raise InputError(path, f"image of {w}x{h} px is not tiled and too large to read "
-                         f"whole; {CONVERT_HINT}")
-    rgb = read_rgb(path, min_size=1)
-    kind = "png" if magic == b"\x89PNG" else "jpeg" if magic[:3] == b"\xff\xd8\xff" else "image"
-    level = da.from_array(rgb, chunks=(512, 512, 3), name=f"lpd-slide-{_token(path)}-0")
-    return Slide(path, [level], [1.0], None, "unknown", kind, {"format": kind})
-
-
-def _open_tiff(path: Path) -> Slide:
+def open_tiff(path: Path) -> Slide:
+    """Open a TIFF-family slide (SVS, TIFF, OME-TIFF, NDPI, Philips, Leica SCN, Ventana
+    BIF as tifffile reads them) after checking its structure; see ``lpd.wsi.slide``."""
     import tifffile
 
     check_tiff_structure(path)
@@ -258,7 +73,7 @@ def _build_tiff(path: Path, tif) -> Slide:
     axes = series.levels[0].get_axes(True)
     h0, w0 = _yx(series.levels[0])
     handle = _TiffHandle(path, index, tif)
-    downsamples, levels, token = [], [], _token(path)
+    downsamples, levels, key = [], [], dask_token(path)
     significant = ome_significant_bits(tif, index)
     for lv, level in enumerate(series.levels):
         page = level.keyframe
@@ -271,7 +86,7 @@ def _build_tiff(path: Path, tif) -> Slide:
         handle.sources.append(src)
         downsamples.append(_downsample(h0, w0, h, w))
         chunks = _chunk_shape(*src.tile, h, w, src.tiled)
-        levels.append(da.from_array(src, chunks=(*chunks, 3), name=f"lpd-slide-{token}-{lv}",
+        levels.append(da.from_array(src, chunks=(*chunks, 3), name=f"lpd-slide-{key}-{lv}",
                                     asarray=False, fancy=False, lock=False,
                                     meta=np.empty((0, 0, 0), np.uint8)))
     vendor = next((v for k, v in (("is_svs", "aperio"), ("is_ome", "ome"), ("is_ndpi", "ndpi"),
@@ -382,11 +197,6 @@ def _float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) and value > 0 else None
-
-
-def _token(path: Path) -> str:
-    # Unique per open: two opens of one file must not share dask keys (one may be closed).
-    return f"{path.stem[:40]}-{uuid.uuid4().hex[:12]}"
 
 
 class _TiffHandle:
