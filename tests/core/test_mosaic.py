@@ -188,13 +188,16 @@ def test_mirror_fill_option(kather):
     assert (m.labels > 0).all() and m.tags.sum() == 1
 
 
+@pytest.mark.slow
 def test_speed(generator):
+    """A measurement, not a gate (wall times are never asserted: the machine is shared):
+    prints the cost of one mosaic (~10 ms measured on an idle core)."""
     generator[0]
     start = time.perf_counter()
-    for i in range(50):
-        generator[i]
+    mosaics = [generator[i] for i in range(50)]
     per_mosaic = (time.perf_counter() - start) / 50
-    assert per_mosaic < 0.06  # ~10 ms measured; generous for loaded CI machines
+    print(f"\n{per_mosaic * 1000:.1f} ms per mosaic")
+    assert len({m.rgb.tobytes() for m in mosaics}) == 50  # 50 different mosaics made
 
 
 def test_mosaic_dataset_items_and_collate(generator):

@@ -75,13 +75,16 @@ def test_textures_are_distinguishable():
     assert stats[2][0][0] > stats[1][0][0]  # stroma is pinker (more red) than tumour
 
 
+@pytest.mark.slow
 def test_speed():
+    """A measurement, not a gate (wall times are never asserted: the machine is shared):
+    prints the cost of one 512 px image (~25 ms measured on an idle core)."""
     synthetic_tissue(512, 0)  # builds the shared textures once
     start = time.perf_counter()
-    for seed in range(5):
-        synthetic_tissue(512, seed)
+    images = [synthetic_tissue(512, seed) for seed in range(5)]
     per_image = (time.perf_counter() - start) / 5
-    assert per_image < 0.15  # ~25 ms measured; generous for loaded CI machines
+    print(f"\n{per_image * 1000:.1f} ms per 512 px image")
+    assert len({rgb.tobytes() for rgb, _ in images}) == 5
 
 
 def test_value_noise_is_tiling_invariant():
