@@ -1,5 +1,6 @@
 """Export widget: a Labels layer to a folder as a label TIFF, an OME-Zarr (a copy of the
-prediction store), a QuPath GeoJSON and a per-class area CSV (``lpd.io.export``).
+prediction store), a QuPath GeoJSON (QuPath's class names, or ours) and a per-class area
+CSV (``lpd.io.formats``).
 
 Every file is written atomically (a temp name beside it, renamed when whole), so a failed
 or interrupted export never leaves a half-written file under the final name. Results of
@@ -42,16 +43,26 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "labels"
 
 
-def export_job(data: Any, meta: dict[str, Any], folder: Path, stem: str,
-               formats: list[str]) -> Generator[tuple[int, int, str], None, list[Path]]:
-    """Write the chosen formats; yields (done, total, text), returns the written paths."""
+#: The GeoJSON's class names: menu text -> ``class_names`` of ``lpd.io.geojson``.
+CLASS_NAME_CHOICES = {
+    "QuPath classes (Tumor, Stroma, Immune cells, Necrosis)": "qupath",
+    "LPD classes (TUM, STR, LYM, NEC)": "lpd",
+}
+
+
+def export_job(data: Any, meta: dict[str, Any], folder: Path, stem: str, formats: list[str],
+               options: dict[str, Any] | None = None,
+               ) -> Generator[tuple[int, int, str], None, list[Path]]:
+    """Write the chosen formats; yields (done, total, text), returns the written paths.
+    ``options``: export options (``lpd.io.formats``), each handed to the formats taking it."""
+    options = options or {}
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    targets = export_paths(stem, folder, formats)  # lpd.io.formats: the one naming scheme
+    targets = export_paths(stem, folder, formats, options)  # the one naming scheme
     with _layer_store(data, meta) as store:
         for i, (key, target) in enumerate(targets.items()):
             yield i, len(formats), f"Writing {target.name}"
-            written.append(FORMATS[key].write(store, target))
+            written.append(FORMATS[key].write(store, target, **FORMATS[key].own(options)))
     return written
 
 
@@ -83,6 +94,13 @@ class ExportWidget(QWidget):
             self.checks[key] = QCheckBox(fmt.title)
             self.checks[key].setChecked(True)
             form.addRow("", self.checks[key])
+        self.class_names_combo = QComboBox()
+        self.class_names_combo.addItems(list(CLASS_NAME_CHOICES))
+        self.class_names_combo.setToolTip(
+            "Class names and colours in the GeoJSON: QuPath's built-in classes join "
+            "QuPath's class list (the viewer keeps its own colours)")
+        self.checks["geojson"].toggled.connect(self.class_names_combo.setEnabled)
+        form.addRow("GeoJSON classes", self.class_names_combo)
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(self.export)
         self.status = QLabel("")
@@ -158,8 +176,9 @@ class ExportWidget(QWidget):
         def on_finish(handle: RunHandle) -> None:
             self.export_button.setEnabled(True)
 
+        options = {"class_names": CLASS_NAME_CHOICES[self.class_names_combo.currentText()]}
         self.handle = run_in_worker(
-            lambda: export_job(data, meta, folder, stem, formats),
+            lambda: export_job(data, meta, folder, stem, formats, options),
             description="LPD export", total=lambda v: v[1], done=lambda v: v[0],
             on_yield=lambda values: self.status.setText(values[-1][2]),
             on_return=on_return, on_error=on_error, on_finish=on_finish, owner=self,

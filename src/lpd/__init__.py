@@ -13,7 +13,9 @@ The public face (what a script needs; everything else is infrastructure)::
 - ``open_slide``: a slide or image as a lazy pyramid with its microns per pixel;
 - ``segment`` / ``segment_iter``: segment a slide (blocking / a generator of progress),
   giving a ``Segmentation`` (store, lazy label levels, mpp, class names, ``areas()``);
-- ``export``: label TIFF, QuPath GeoJSON and area CSV of a segmentation or store;
+- ``export``: label TIFF, QuPath GeoJSON and area CSV of a segmentation or store (the
+  GeoJSON's options as keywords: ``class_names``, ``object_type``, ``min_area_um2``,
+  ``compress``);
 - ``train`` / ``evaluate``: training and scoring with the command line's options as
   keyword arguments.
 

@@ -12,8 +12,9 @@ from shapely.geometry import shape
 
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
 from lpd.errors import InputError
-from lpd.io import export
-from lpd.io.export import export_csv, export_geojson, export_tiff
+from lpd.io import geojson
+from lpd.io.export import export_csv, export_tiff
+from lpd.io.geojson import export_geojson
 from lpd.io.store import OutputStore
 
 COLOURS = [CLASS_COLOURS[c] for c in CLASS_NAMES]
@@ -61,9 +62,10 @@ def test_tiff_is_pyramidal_tiled_and_matches(tmp_path) -> None:
 
 
 def test_geojson_polygons_in_level0_pixels(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(export, "BLOCK", 64)  # many blocks: polygons must merge across them
+    monkeypatch.setattr(geojson, "BLOCK", 64)  # many blocks: polygons must merge across them
     store = make_store(tmp_path / "s.zarr")
-    data = json.loads(export_geojson(store, tmp_path / "out.geojson").read_text())
+    data = json.loads(export_geojson(store, tmp_path / "out.geojson",
+                                     class_names="lpd").read_text())
     assert data["type"] == "FeatureCollection"
     by_class: dict[str, list] = {}
     for f in data["features"]:
@@ -90,7 +92,8 @@ def test_geojson_polygons_in_level0_pixels(tmp_path, monkeypatch) -> None:
 
 def test_geojson_from_a_coarser_level(tmp_path) -> None:
     store = make_store(tmp_path / "s.zarr")
-    data = json.loads(export_geojson(store, tmp_path / "c.geojson", level=1).read_text())
+    data = json.loads(export_geojson(store, tmp_path / "c.geojson", level=1,
+                                     class_names="lpd").read_text())
     tum = [shape(f["geometry"]) for f in data["features"]
            if f["properties"]["classification"]["name"] == "TUM"]
     assert len(tum) == 1 and tum[0].bounds == pytest.approx((1380, 2200, 1500, 2300), abs=4)

@@ -331,7 +331,8 @@ def test_exports_of_random_label_maps(tmp_path, h, w, seed, density, mpp) -> Non
             store.put_tile(i, j, labels[i * 16:(i + 1) * 16, j * 16:(j + 1) * 16])
     list(store.build_pyramid())
     store.mark_complete()
-    geo = json.loads(export_geojson(store, out / "s.geojson", simplify=0).read_text())
+    geo = json.loads(export_geojson(store, out / "s.geojson", simplify=0, class_names="lpd",
+                                    min_area_um2=0, min_area_px=0).read_text())
     area = collections.Counter()
     for feature in geo["features"]:
         poly = shape(feature["geometry"])

@@ -175,7 +175,7 @@ def test_cancel_predict_at_random_points(tmp_path, predict_setup) -> None:
         if store.complete:  # never claimed complete with tiles left to compute
             assert store.finished().all(), f"cancel {k}"
         if not store.complete:
-            assert "(incomplete)" in store.group["labels"].attrs["ome"]["multiscales"][0]["name"]
+            assert "(incomplete)" in store.label_group.attrs["ome"]["multiscales"][0]["name"]
     result = run_tiled(run(store=path))
     assert result.store.complete
     assert (result.store.labels[...] == reference).mean() >= 0.999

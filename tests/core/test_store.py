@@ -79,7 +79,7 @@ def test_pyramid_complete_flag_and_ome_metadata(tmp_path) -> None:
     protos = np.random.default_rng(2).normal(size=(8, 30, 26)).astype(np.float16)
     fill(store, labels, protos)
     assert store.finished().all()
-    ome = store.group["labels"].attrs["ome"]
+    ome = store.label_group.attrs["ome"]
     assert ome["multiscales"][0]["name"].endswith("(incomplete)")
     list(store.build_pyramid())
     store.mark_complete()
@@ -91,7 +91,7 @@ def test_pyramid_complete_flag_and_ome_metadata(tmp_path) -> None:
     assert np.array_equal(st.level(2)[...], mode_downsample(mode_downsample(labels)))
     assert st.prototypes.dtype == np.float16 and st.prototypes.shape == (8, 30, 26)
     assert np.array_equal(st.prototypes[...], protos)
-    ome = st.group["labels"].attrs["ome"]
+    ome = st.label_group.attrs["ome"]
     ms = ome["multiscales"][0]
     assert ms["name"] == "lpd labels" and [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
     # µm: level 0 pixel = 2 level-0 slide px of 0.25 µm; pixel centres (napari convention)
@@ -102,9 +102,14 @@ def test_pyramid_complete_flag_and_ome_metadata(tmp_path) -> None:
     colours = {c["label-value"]: c["rgba"] for c in ome["image-label"]["colors"]}
     assert colours[1] == [*COLOURS[0], 255] and colours[0][3] == 0
     models = pytest.importorskip("ome_zarr_models.v05.image_label")
-    models.ImageLabel.from_zarr(zarr.open_group(str(path / "labels"), mode="r"))
+    models.ImageLabel.from_zarr(zarr.open_group(str(path / "labels" / "classes"), mode="r"))
     image = pytest.importorskip("ome_zarr_models.v05.image")
     image.Image.from_zarr(zarr.open_group(str(path / "prototypes"), mode="r"))
+    # the root: an image (a placeholder, never written) whose labels/ lists "classes", with
+    # as many levels as the label pyramid (the model checks both)
+    root = image.Image.from_zarr(zarr.open_group(str(path), mode="r"))
+    assert root.labels.label_paths == ["classes"] and len(root.datasets[0]) == 3
+    assert not any((path / "0").glob("c/*")), "the placeholder image stores no chunks"
 
 
 def test_mode_downsample_majority_and_ties() -> None:

@@ -45,10 +45,10 @@ def test_export_all_formats_and_open_again(make_napari_viewer, qtbot, tmp_path) 
     store = OutputStore.open(out / "GT_demo.ome.zarr")
     assert store.complete and store.mpp == pytest.approx(0.5)
     np.testing.assert_array_equal(np.asarray(store.labels[...]), labels_map())
-    # GeoJSON: QuPath annotations with class names; the TUM rectangle's area is exact
+    # GeoJSON: QuPath annotations with QuPath's built-in class names (the default)
     features = json.loads((out / "GT_demo.geojson").read_text())["features"]
     classes = {f["properties"]["classification"]["name"] for f in features}
-    assert classes == {"TUM", "STR", "LYM", "NEC"}
+    assert classes == {"Tumor", "Stroma", "Immune cells", "Necrosis"}
     assert all(f["properties"]["objectType"] == "annotation" for f in features)
     # CSV: areas in µm² (0.25 µm² per pixel)
     rows = {r["class"]: r for r in csv.DictReader((out / "GT_demo-areas.csv").open())}

@@ -89,8 +89,8 @@ def test_geojson_writer(tmp_path) -> None:
     collection = json.loads(open(written).read())
     assert collection["type"] == "FeatureCollection"
     by_class = {f["properties"]["classification"]["name"]: f for f in collection["features"]}
-    assert set(by_class) == {"TUM", "STR", "LYM"}
-    xs = [x for x, _ in by_class["TUM"]["geometry"]["coordinates"][0]]
+    assert set(by_class) == {"Tumor", "Stroma", "Immune cells"}  # QuPath's built-in classes
+    xs = [x for x, _ in by_class["Tumor"]["geometry"]["coordinates"][0]]
     assert min(xs) == pytest.approx(20, abs=0.6) and max(xs) == pytest.approx(150, abs=0.6)
 
 

@@ -1,21 +1,11 @@
-"""Exports of a prediction store: pyramidal label TIFF, QuPath GeoJSON, per-class area CSV.
+"""Exports of a prediction store: pyramidal label TIFF and per-class area CSV (the QuPath
+GeoJSON is ``lpd.io.geojson``; all three are registered in ``lpd.io.formats``).
 
 Every export reads the store chunk by chunk (or band by band) and writes atomically.
 - TIFF: BigTIFF, tiled (256 px), deflate-compressed, uint8 labels as a palette image (the
   class colours in the TIFF colour map); levels 1.. of the store's pyramid as SubIFDs; the
   class table (value, name, colour), mpp, offset and scale in the first page's JSON
   ImageDescription; resolution tags in pixels per centimetre when the mpp is known.
-- GeoJSON: a FeatureCollection, one feature per connected polygon (holes included), with
-  ``properties = {"objectType": "annotation", "classification": {"name", "color"}}`` as
-  QuPath reads it, coordinates in level-0 slide pixels. Polygons are traced with marching
-  squares (``skimage.measure.find_contours``, boundaries on pixel edges, corners cut by
-  half a pixel) per block of 2048 px with one pixel of real data around it, clipped to the
-  block and merged per class (``shapely.union_all``), so polygons cross blocks seamlessly.
-  Memory grows with the number of polygon vertices, not the slide: by default the finest
-  store level with at most ``max_pixels`` pixels is traced (a coarser level for huge
-  stores: fewer, coarser vertices), and polygons are simplified by ``simplify`` pixels.
-  Polygons are clipped to the store's extent (``store_extent``): no coordinate lies past
-  the slide's edge, whatever level was traced.
 - CSV: per class pixel count, area in µm² (empty, with a note, when the mpp is unknown),
   % of tissue (classes 1..C) and % of the analysed region (background included)."""
 
@@ -23,26 +13,49 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import shapely
-from shapely.geometry import Polygon, box, mapping
-from shapely.geometry.polygon import orient
-from skimage.measure import find_contours
 
 from lpd._atomic import atomic_open, atomic_path
 from lpd.errors import InputError
 from lpd.io.store import OutputStore
 
 TIFF_TILE = 256
-BLOCK = 2048
-MAX_PIXELS = 2**26
+#: Names that moved to ``lpd.io.geojson``; ``from lpd.io.export import export_geojson``
+#: still finds them there.
+_MOVED = ("export_geojson", "store_extent", "class_polygons", "mask_polygons")
 
 
-def _store(store: OutputStore | str | Path, allow_incomplete: bool) -> OutputStore:
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from lpd.io import geojson
+
+        return getattr(geojson, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_for_export(store: OutputStore | str | Path, allow_incomplete: bool) -> OutputStore:
+    """The store (opened when a path), refused when incomplete unless allowed.
+
+    Parameters
+    ----------
+    store : OutputStore or str or Path
+        The prediction store (or its folder).
+    allow_incomplete : bool
+        Accept an interrupted prediction.
+
+    Returns
+    -------
+    OutputStore
+
+    Raises
+    ------
+    InputError
+        When the store cannot be opened, or is incomplete and not allowed to be.
+    """
     opened = store if isinstance(store, OutputStore) else OutputStore.open(store)
     if not opened.complete and not allow_incomplete:
         raise InputError(opened.path, "the prediction is incomplete (interrupted?); rerun the "
@@ -92,7 +105,7 @@ def export_tiff(
     """
     import tifffile
 
-    st = _store(store, allow_incomplete)
+    st = open_for_export(store, allow_incomplete)
     path = Path(path)
     meta = {
         "lpd": "labels", "classes": class_table(st), "mpp": st.mpp, "scale": st.scale,
@@ -154,7 +167,7 @@ def _tiff_tiles(arr) -> Iterator[np.ndarray]:
 # ---- CSV --------------------------------------------------------------------------------
 def class_areas(store: OutputStore | str | Path, *, allow_incomplete: bool = False) -> list[dict]:
     """Per label value: pixels, µm² (None when the mpp is unknown), % tissue, % region."""
-    st = _store(store, allow_incomplete)
+    st = open_for_export(store, allow_incomplete)
     n = len(st.class_names) + 1
     counts = np.zeros(n, np.int64)
     arr = st.labels
@@ -183,7 +196,7 @@ def export_csv(
     store: OutputStore | str | Path, path: str | Path, *, allow_incomplete: bool = False
 ) -> Path:
     """Per-class area table (see ``class_areas``); ``note`` says why an area is empty."""
-    st = _store(store, allow_incomplete)
+    st = open_for_export(store, allow_incomplete)
     rows = class_areas(st, allow_incomplete=allow_incomplete)
     note = "" if st.mpp is not None else "microns per pixel unknown: no area in µm²"
     path = Path(path)
@@ -201,164 +214,3 @@ def export_csv(
                 "note": note,
             })
     return path
-
-
-# ---- GeoJSON ----------------------------------------------------------------------------
-def export_geojson(
-    store: OutputStore | str | Path,
-    path: str | Path,
-    *,
-    level: int | None = None,
-    simplify: float = 0.25,
-    max_pixels: int = MAX_PIXELS,
-    allow_incomplete: bool = False,
-) -> Path:
-    """QuPath-compatible FeatureCollection of class polygons in level-0 slide pixels.
-
-    Parameters
-    ----------
-    store : OutputStore or str or Path
-        The prediction store (or its folder).
-    path : str or Path
-        The ``.geojson`` to write (atomically).
-    level : int, optional
-        The store level to trace; default: the finest with at most ``max_pixels`` pixels.
-    simplify : float
-        Douglas-Peucker tolerance in traced pixels (0: none), topology preserved.
-    max_pixels : int
-        Size limit of the level traced by default.
-    allow_incomplete : bool
-        Export an interrupted prediction as it is.
-
-    Returns
-    -------
-    Path
-        ``path``. Every coordinate lies within ``store_extent(store)``.
-
-    Raises
-    ------
-    InputError
-        When the store cannot be opened, is incomplete and not allowed to be, or
-        ``level`` does not exist.
-    """
-    st = _store(store, allow_incomplete)
-    if level is None:
-        level = next((lv for lv in range(st.n_levels)
-                      if math.prod(st.level(lv).shape) <= max_pixels), st.n_levels - 1)
-    if not 0 <= level < st.n_levels:
-        raise InputError(st.path, f"level {level} does not exist (0..{st.n_levels - 1})")
-    per_class = class_polygons(st, level)
-    extent = box(*store_extent(st))
-    factor = st.scale * 2**level
-    ox, oy = st.offset
-    path = Path(path)
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [')
-        first = True
-        for value, geom in per_class.items():
-            if simplify > 0:
-                geom = geom.simplify(simplify, preserve_topology=True)
-            geom = shapely.transform(geom, lambda xy: xy * factor + np.array([ox, oy]))
-            geom = shapely.intersection(geom, extent)  # a coarse level's last pixel overhangs
-            name = st.class_names[value - 1]
-            colour = list(st.class_colours[value - 1])
-            for poly in _polygons(geom):
-                feature = {
-                    "type": "Feature",
-                    "geometry": mapping(orient(poly, 1.0)),
-                    "properties": {
-                        "objectType": "annotation",
-                        "classification": {"name": name, "color": colour},
-                    },
-                }
-                fh.write(("" if first else ",") + "\n" + json.dumps(feature))
-                first = False
-        fh.write("\n]}\n")
-    return path
-
-
-def store_extent(store: OutputStore) -> tuple[float, float, float, float]:
-    """The area a store's labels cover, in level-0 slide pixels.
-
-    The store's level 0 (``offset + shape * scale``), cut to the slide when the store
-    records its size (``info["image_size"]``, written by tiled inference): a resampled
-    grid's last pixel may reach past the slide's edge, and a coarser level's last pixel
-    past level 0's (odd sizes halve rounding up).
-
-    Parameters
-    ----------
-    store : OutputStore
-        The prediction store.
-
-    Returns
-    -------
-    tuple of float
-        ``(xmin, ymin, xmax, ymax)``.
-    """
-    ox, oy = store.offset
-    h, w = store.shape
-    x0, y0, x1, y1 = ox, oy, ox + w * store.scale, oy + h * store.scale
-    info = store.meta.get("info")
-    size = info.get("image_size") if isinstance(info, dict) else None
-    if (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        x0, y0 = max(x0, 0.0), max(y0, 0.0)
-        x1, y1 = max(x0, min(x1, float(size[1]))), max(y0, min(y1, float(size[0])))
-    return x0, y0, x1, y1
-
-
-def class_polygons(store: OutputStore, level: int = 0) -> dict[int, shapely.Geometry]:
-    """Per label value (1..C): the union of its pixels at ``level`` as (Multi)Polygons in
-    that level's pixel-edge coordinates (x right, y down)."""
-    arr = store.level(level)
-    h, w = arr.shape
-    parts: dict[int, list] = {v: [] for v in range(1, len(store.class_names) + 1)}
-    for y0 in range(0, h, BLOCK):
-        for x0 in range(0, w, BLOCK):
-            y1, x1 = min(y0 + BLOCK, h), min(x0 + BLOCK, w)
-            ya, xa = max(y0 - 1, 0), max(x0 - 1, 0)
-            block = np.asarray(arr[ya : min(y1 + 1, h), xa : min(x1 + 1, w)])
-            clip = box(x0, y0, x1, y1)
-            for v in np.unique(block[y0 - ya : y1 - ya, x0 - xa : x1 - xa]).tolist():
-                if v not in parts:
-                    continue
-                for poly in mask_polygons(block == v):
-                    moved = shapely.transform(poly, lambda xy, dx=xa, dy=ya: xy + [dx, dy])
-                    cut = moved.intersection(clip)
-                    if not cut.is_empty:
-                        parts[v].extend(_polygons(cut))
-    return {v: shapely.union_all(ps) for v, ps in parts.items() if ps}
-
-
-def mask_polygons(mask: np.ndarray) -> list[Polygon]:
-    """Polygons (with holes) of a boolean mask, in pixel-edge coordinates (x, y)."""
-    padded = np.pad(mask, 1).astype(np.float32)
-    rings = [Polygon(c[:, ::-1] - 0.5) for c in find_contours(padded, 0.5) if len(c) >= 4]
-    rings = [r if r.is_valid else shapely.make_valid(r) for r in rings]
-    rings = [r for r in rings if isinstance(r, Polygon) and r.area > 0]
-    if not rings:
-        return []
-    tree = shapely.STRtree(rings)
-    points = [shapely.Point(r.exterior.coords[0]) for r in rings]
-    pairs = tree.query(points, predicate="within")  # (point index, ring index) containing it
-    depth = np.bincount(pairs[0], minlength=len(rings))
-    parent: dict[int, int] = {}
-    for p, r in zip(*pairs, strict=True):
-        if depth[r] == depth[p] - 1:
-            parent[int(p)] = int(r)
-    holes: dict[int, list] = {}
-    for i, d in enumerate(depth):
-        if d % 2 == 1 and i in parent:
-            holes.setdefault(parent[i], []).append(rings[i].exterior.coords)
-    out = []
-    for i, d in enumerate(depth):
-        if d % 2 == 0:
-            poly = Polygon(rings[i].exterior.coords, holes.get(i, []))
-            out.extend(_polygons(poly if poly.is_valid else shapely.make_valid(poly)))
-    return out
-
-
-def _polygons(geom: shapely.Geometry) -> list[Polygon]:
-    if isinstance(geom, Polygon):
-        return [] if geom.is_empty else [geom]
-    return [g for part in getattr(geom, "geoms", []) for g in _polygons(part)]

@@ -1,13 +1,18 @@
 """The output store of whole-slide prediction: a chunked zarr v3 group (OME-Zarr 0.5).
 
-Layout of ``OUT.zarr``::
+Layout of ``OUT.zarr`` (``format_version`` 2; docs/architecture.md, "The prediction store")::
 
-    zarr.json          attributes["lpd"]: format, complete, geometry, classes, model, ...
-    labels/            OME-Zarr multiscale (+ image-label colours): uint8, 0 background,
-      0/ 1/ ...        1..C classes; level l is 2**l times coarser (2x2 mode downsampling)
+    zarr.json          attributes: "lpd" (format, complete, geometry, classes, model, ...)
+                       and "ome": an NGFF image whose levels 0/ 1/ ... are a placeholder
+    0/ 1/ ...          the placeholder's levels: the label levels' shapes, never written
+    labels/            NGFF labels group: {"labels": ["classes"]}
+      classes/         NGFF multiscale label image (+ image-label: colours, class names):
+        0/ 1/ ...      uint8, 0 background, 1..C classes; level l is 2**l times coarser
     prototypes/0       optional, float16 (P, h, w): per-prototype logit maps of the deepest
                        scale, P = C*k class-major, one cell = ``prototype_stride`` output px
     finished           uint8 (chunk rows, chunk cols): 1 = that labels chunk is final
+
+Version 1 (older lpd: levels in ``labels/``) is read and resumed as it is (``lpd.io._ngff``).
 
 Geometry: output pixel (row u, col v) covers level-0 slide pixels
 ``[offset.y + u*scale, offset.y + (u+1)*scale) x [offset.x + v*scale, ...)``; ``mpp`` is its
@@ -32,6 +37,9 @@ import numpy as np
 import zarr
 
 from lpd.errors import InputError
+from lpd.io._ngff import label_path, new_level, write_metadata
+from lpd.io._pyramid import build_levels, mode_downsample, pyramid_shapes
+from lpd.io._store_meta import check_meta, check_version
 from lpd.tiling import (
     cell_count,
     cell_range,
@@ -43,8 +51,12 @@ from lpd.tiling import (
 )
 
 FORMAT = "lpd-prediction"
-FORMAT_VERSION = 1
+#: 2: the NGFF labels layout (image group, ``labels/classes``); 1: labels at ``labels/``.
+FORMAT_VERSION = 2
 TARGET_CHUNK = 512
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "OutputStore", "check_meta", "mode_downsample",
+           "pyramid_shapes"]
 
 
 class OutputStore:
@@ -56,6 +68,7 @@ class OutputStore:
         self.meta: dict[str, Any] = dict(group.attrs["lpd"]) if meta is None else meta
         self._buffers: dict[tuple[int, int], dict[str, Any]] = {}
         self._finished_cache: np.ndarray | None = None
+        self._labels_at = label_path(int(self.meta["format_version"]))
 
     # ---- creation and opening -------------------------------------------------------
     @classmethod
@@ -114,11 +127,8 @@ class OutputStore:
             "info": info or {},
         }
         group.attrs["lpd"] = meta  # recognisable (and incomplete) from the first write on
-        labels = group.create_group("labels")
-        labels.create_array(
-            "0", shape=(h, w), chunks=(chunk, chunk), dtype="uint8", fill_value=0,
-            dimension_names=("y", "x"),
-        )
+        levels = group.create_group(label_path(FORMAT_VERSION))
+        new_level(levels, "0", (h, w), (chunk, chunk))
         group.create_array(
             "finished", shape=grid, chunks=(1, grid[1]), dtype="uint8", fill_value=0
         )
@@ -133,6 +143,7 @@ class OutputStore:
             )
             names = list(prototype_names or [f"p{i}" for i in range(prototypes)])
             meta["prototypes"] = {"count": int(prototypes), "stride": stride, "names": names}
+        new_level(group, "0", (h, w), (chunk, chunk))  # the placeholder image's level 0
         store = cls(path, group, meta)
         store._write_ome()
         group.attrs["lpd"] = meta
@@ -152,7 +163,9 @@ class OutputStore:
 
         Its metadata (``zarr.json``, read by zarr: a byte-order mark or UTF-16 is fine) is
         checked key by key, and a complete store's label levels against it, so a store
-        edited by hand or damaged is refused here rather than failing later.
+        edited by hand or damaged is refused here rather than failing later. The layout
+        follows ``format_version``: 1 (older lpd: levels in ``labels/``) is read and
+        resumed as it is; an NGFF 0.4 copy (zarr v2, ``lpd.io.ngff_export``) opens to read.
 
         Parameters
         ----------
@@ -169,8 +182,8 @@ class OutputStore:
         Raises
         ------
         InputError
-            Naming the store: missing, not zarr, not ours, from a newer lpd, or with
-            metadata of the wrong shape or type.
+            Naming the store: missing, not zarr, not ours, from a newer lpd, with
+            metadata of the wrong shape or type, or an NGFF 0.4 copy opened to write.
         """
         path = Path(path)
         if not path.exists():
@@ -182,11 +195,10 @@ class OutputStore:
             raise InputError(path, f"not a readable zarr store ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise InputError(path, "a zarr store, but not an lpd prediction store")
-        version = meta.get("format_version")
-        if not _whole(version, 1):
-            raise InputError(path, f"format_version {version!r} is not a whole number >= 1")
-        if version > FORMAT_VERSION:
-            raise InputError(path, "written by a newer lpd; upgrade to read it")
+        check_version(path, meta, FORMAT_VERSION)
+        if mode != "r" and group.metadata.zarr_format == 2:
+            raise InputError(path, "an NGFF 0.4 copy (zarr v2) is read-only; predict into a "
+                             "new store, or into the store it was exported from")
         check_meta(path, meta)
         store = cls(path, group, dict(meta))
         if store.complete:
@@ -197,7 +209,7 @@ class OutputStore:
         """Every level the metadata promises exists, with the pyramid's shape."""
         for lv, expected in enumerate(pyramid_shapes(self.shape, self.chunk)[: self.n_levels]):
             try:
-                shape = tuple(self.group[f"labels/{lv}"].shape)
+                shape = tuple(self.group[f"{self._labels_at}/{lv}"].shape)
             except Exception:  # missing or unreadable array metadata
                 shape = None
             if shape != expected:
@@ -255,11 +267,22 @@ class OutputStore:
         """Labels at pyramid level ``index`` (2**index times coarser than level 0)."""
         if not 0 <= index < self.n_levels:
             raise IndexError(f"level {index} not in 0..{self.n_levels - 1}")
-        return self.group[f"labels/{index}"]  # type: ignore[return-value]
+        return self.group[f"{self._labels_at}/{index}"]  # type: ignore[return-value]
 
     @property
     def labels(self) -> zarr.Array:
         return self.level(0)
+
+    @property
+    def format_version(self) -> int:
+        """The store's layout: 2 NGFF labels (``labels/classes``), 1 older (``labels/``)."""
+        return int(self.meta["format_version"])
+
+    @property
+    def label_group(self) -> zarr.Group:
+        """The group of the label pyramid's levels; its attributes hold the multiscale and
+        ``image-label`` metadata (under ``ome`` in a zarr v3 store)."""
+        return self.group[self._labels_at]  # type: ignore[return-value]
 
     @property
     def prototypes(self) -> zarr.Array | None:
@@ -277,7 +300,8 @@ class OutputStore:
 
     def is_whole(self) -> bool:
         """Every array the metadata promises exists (False: creation was interrupted)."""
-        names = ["labels/0", "finished"] + (["prototypes/0"] if self.meta.get("prototypes") else [])
+        names = [f"{self._labels_at}/0", "finished", *(["0"] if self.format_version > 1 else []),
+                 *(["prototypes/0"] if self.meta.get("prototypes") else [])]
         try:
             return all(self.group.get(name) is not None for name in names)
         except Exception:  # a damaged zarr.json
@@ -348,20 +372,8 @@ class OutputStore:
         if not self.finished().all():
             raise RuntimeError(f"{self.path}: cannot build the pyramid, chunks are missing")
         shapes = pyramid_shapes(self.shape, self.chunk)
-        labels_group = self.group["labels"]
-        c = self.chunk
-        for lv in range(1, len(shapes)):
-            prev = labels_group[str(lv - 1)]
-            h, w = shapes[lv]
-            arr = labels_group.create_array(
-                str(lv), shape=(h, w), chunks=(c, c), dtype="uint8", fill_value=0,
-                dimension_names=("y", "x"), overwrite=True,
-            )
-            for y in range(0, h, c):
-                for x in range(0, w, c):
-                    block = np.asarray(prev[2 * y : 2 * y + 2 * c, 2 * x : 2 * x + 2 * c])
-                    arr[y : y + c, x : x + c] = mode_downsample(block)
-                yield lv, len(shapes) - 1
+        placeholder = self.group if self.format_version >= 2 else None
+        yield from build_levels(self.label_group, shapes, self.chunk, placeholder)
         self.meta["levels"] = len(shapes)
         self._write_ome()
         self.group.attrs["lpd"] = self.meta
@@ -383,142 +395,4 @@ class OutputStore:
         self.group.attrs["lpd"] = self.meta
 
     def _write_ome(self) -> None:
-        name = "lpd labels" + ("" if self.meta["complete"] else " (incomplete)")
-        mpp = self.meta["mpp"]
-        s = self.meta["scale"]
-        oy, ox = self.meta["offset"]["y"], self.meta["offset"]["x"]
-        unit = 1.0 if mpp is None else mpp / s  # µm per level-0 px (or px)
-        axes = [{"name": a, "type": "space", **({"unit": "micrometer"} if mpp else {})}
-                for a in ("y", "x")]
-        datasets = []
-        for lv in range(self.meta["levels"]):
-            f = s * 2**lv
-            datasets.append({
-                "path": str(lv),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [f * unit, f * unit]},
-                    {"type": "translation",
-                     "translation": [(oy + 0.5 * f - 0.5) * unit, (ox + 0.5 * f - 0.5) * unit]},
-                ],
-            })
-        colours = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [
-            {"label-value": i + 1, "rgba": [*c, 255]}
-            for i, c in enumerate(self.meta["class_colours"])
-        ]
-        props = [{"label-value": 0, "class": "background"}] + [
-            {"label-value": i + 1, "class": n} for i, n in enumerate(self.meta["class_names"])
-        ]
-        self.group["labels"].attrs["ome"] = {
-            "version": "0.5",
-            "multiscales": [{"name": name, "axes": axes, "datasets": datasets}],
-            "image-label": {"version": "0.5", "colors": colours, "properties": props},
-        }
-        info = self.meta.get("prototypes")
-        if info:
-            f = s * info["stride"]
-            self.group["prototypes"].attrs["ome"] = {
-                "version": "0.5",
-                "multiscales": [{
-                    "name": "lpd prototypes" + ("" if self.meta["complete"] else " (incomplete)"),
-                    "axes": [{"name": "c", "type": "channel"}, *axes],
-                    "datasets": [{"path": "0", "coordinateTransformations": [
-                        {"type": "scale", "scale": [1.0, f * unit, f * unit]},
-                        {"type": "translation", "translation": [
-                            0.0, (oy + 0.5 * f - 0.5) * unit, (ox + 0.5 * f - 0.5) * unit]},
-                    ]}],
-                }],
-            }
-
-
-def check_meta(path: str | Path, meta: dict[str, Any]) -> None:
-    """Check a store's ``lpd`` metadata: every key the store reads, of the right type.
-
-    Keys this version does not know are kept and ignored (a newer minor addition);
-    ``fingerprint``, ``info``, ``prototypes`` and ``passes`` may be missing.
-
-    Parameters
-    ----------
-    path : str or Path
-        The store, named in the error.
-    meta : dict
-        The ``lpd`` attribute of its root group.
-
-    Raises
-    ------
-    InputError
-        Naming the store and the first key that is missing or wrong.
-    """
-    def bad(key: str, want: str) -> InputError:
-        shown = repr(meta.get(key, "missing"))[:80]
-        return InputError(path, f"damaged store metadata: {key} is {shown}, expected {want}")
-
-    if not isinstance(meta.get("complete"), bool):
-        raise bad("complete", "true or false")
-    shape = meta.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(_whole(v, 1) for v in shape)):
-        raise bad("shape", "[height, width] in pixels")
-    for key in ("tile", "chunk", "levels"):
-        if not _whole(meta.get(key), 1):
-            raise bad(key, "a whole number >= 1")
-    if meta["chunk"] % meta["tile"]:
-        raise bad("chunk", f"a multiple of the tile ({meta['tile']})")
-    if meta["levels"] > len(pyramid_shapes(tuple(shape), meta["chunk"])):
-        raise bad("levels", "at most the pyramid's levels")
-    names, colours = meta.get("class_names"), meta.get("class_colours")
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-            and len(set(names)) == len(names)):
-        raise bad("class_names", "a list of distinct names")
-    if not (isinstance(colours, list) and len(colours) >= len(names) and all(
-            isinstance(c, list) and len(c) == 3 and all(_whole(v, 0, 255) for v in c)
-            for c in colours)):
-        raise bad("class_colours", "an [r, g, b] (0..255) for every class")
-    mpp = meta.get("mpp", "missing")
-    if mpp is not None and not _positive(mpp):
-        raise bad("mpp", "a positive number or null")
-    if not _positive(meta.get("scale")):
-        raise bad("scale", "a positive number")
-    offset = meta.get("offset")
-    if not (isinstance(offset, dict) and all(_number(offset.get(k)) for k in ("x", "y"))):
-        raise bad("offset", '{"x": number, "y": number}')
-    protos = meta.get("prototypes")
-    if protos is not None and not (
-            isinstance(protos, dict) and _whole(protos.get("count"), 1)
-            and _positive(protos.get("stride")) and isinstance(protos.get("names"), list)
-            and len(protos["names"]) == protos["count"]):
-        raise bad("prototypes", 'null or {"count", "stride", "names"}')
-    for key in ("fingerprint", "info"):
-        if not isinstance(meta.get(key, {}), dict):
-            raise bad(key, "an object")
-    if not _whole(meta.get("passes", 0), 0):
-        raise bad("passes", "a whole number >= 0")
-
-
-def _whole(value: Any, low: int, high: float = math.inf) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive(value: Any) -> bool:
-    return _number(value) and value > 0
-
-
-def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
-    """Level shapes: halve (rounding up) until the level fits in one chunk."""
-    shapes = [(int(shape[0]), int(shape[1]))]
-    while max(shapes[-1]) > chunk:
-        h, w = shapes[-1]
-        shapes.append(((h + 1) // 2, (w + 1) // 2))
-    return shapes
-
-
-def mode_downsample(block: np.ndarray) -> np.ndarray:
-    """2x2 majority of a label block; ties go to the top-left pixel. Odd edges repeat."""
-    if block.shape[0] % 2 or block.shape[1] % 2:
-        block = np.pad(block, ((0, block.shape[0] % 2), (0, block.shape[1] % 2)), mode="edge")
-    q = np.stack([block[0::2, 0::2], block[0::2, 1::2], block[1::2, 0::2], block[1::2, 1::2]])
-    counts = (q[:, None] == q[None, :]).sum(axis=1)  # (4, h, w): how often each value occurs
-    pick = counts.argmax(axis=0)  # first maximum: the top-left pixel wins ties
-    return np.take_along_axis(q, pick[None], axis=0)[0]
+        write_metadata(self.group, self.meta)

@@ -1,15 +1,17 @@
-"""Whole prediction stores as units: copy one atomically, make one from a label array, and
-sample one's labels on a coarser grid (the prototype cells).
+"""Whole prediction stores as units: copy one atomically (``atomic_folder``: any folder),
+make one from a label array, and sample one's labels on a coarser grid (the prototype
+cells).
 
 These work on ``lpd.io.store.OutputStore`` from outside; the store's own format and
 geometry stay in ``lpd.io.store``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,51 @@ STORE_CHUNK = 512
 _UNKNOWN_CLASS_COLOUR = (128, 128, 128)
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``target``, then move it into place.
+
+    An older ``target`` is replaced only once the new folder is whole, so an interrupted
+    build never leaves a half-written folder under the final name.
+
+    Parameters
+    ----------
+    target : str or Path
+        The folder to make (replaced if it exists).
+
+    Yields
+    ------
+    Path
+        The temporary folder's path (not yet existing): build the folder there.
+
+    Raises
+    ------
+    OSError
+        A rename failed (the temporary folder is removed; ``target`` is as it was).
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def copy_store(store: OutputStore, target: str | Path) -> Path:
-    """Copy a store's folder to ``target`` atomically.
+    """Copy a store's folder to ``target`` atomically (``atomic_folder``).
 
     The copy is made beside ``target`` under a temporary name and renamed into place when
     whole; an older ``target`` is replaced only then, so an interrupted copy never leaves a
-    half-written store under the final name.
+    half-written store under the final name. The copy has the store's layout as it is on
+    disk; ``lpd.io.ngff_export.write_ome_zarr`` writes one in the current layout.
 
     Parameters
     ----------
@@ -49,21 +90,9 @@ def copy_store(store: OutputStore, target: str | Path) -> Path:
         The copy or a rename failed (the temporary copy is removed; ``target`` is as it
         was).
     """
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_folder(target) as tmp:
         shutil.copytree(store.path, tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return Path(target)
 
 
 def mpp_from_scale(scale: Sequence[float] | None, units: Sequence[Any] | None) -> float | None:
