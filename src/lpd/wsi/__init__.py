@@ -2,7 +2,9 @@
 
 - ``open_slide`` / ``Slide`` (``lpd.wsi.slide``): a slide or plain image as lazy dask
   levels; the tifffile backend is ``lpd.wsi._tiff``, its header checks
-  ``lpd.wsi.tiff_checks``.
+  ``lpd.wsi.tiff_checks``; the OpenSlide backend (MRXS, SCN, BIF, Philips, VMS, DICOM-WSI)
+  ``lpd.wsi._openslide``; which reads a file, ``lpd.wsi._routing`` (``reader_summary``
+  says which did).
 - ``lpd.wsi.pixels``: stored samples to ``(H, W, 3) uint8`` RGB, one rule for every reader;
   ``lpd.wsi.images``: small image files (PNG, JPEG, TIFF tiles) read whole.
 - ``as_pyramid`` / ``Pyramid`` and the one level rule ``choose_level`` / ``resize_factor``
@@ -16,7 +18,7 @@ This package imports nothing from ``lpd.data``, ``lpd.infer``, ``lpd.io`` or the
 
 from lpd.wsi.levels import MPP_TOLERANCE, Pyramid, as_pyramid, choose_level, resize_factor
 from lpd.wsi.region import RegionSource, read_array
-from lpd.wsi.slide import Slide, open_slide
+from lpd.wsi.slide import Slide, is_dicom_folder, open_slide, reader_summary
 
 __all__ = ["MPP_TOLERANCE", "Pyramid", "RegionSource", "Slide", "as_pyramid", "choose_level",
-           "open_slide", "read_array", "resize_factor"]
+           "is_dicom_folder", "open_slide", "read_array", "reader_summary", "resize_factor"]

@@ -1,10 +1,22 @@
 """Whole-slide images as pyramids of lazy dask arrays, never read whole.
 
-``open_slide`` reads Aperio SVS, generic tiled / pyramidal TIFF, OME-TIFF and NDPI (what
-tifffile reads) through ``tifffile -> zarr store -> dask``: one array per pyramid level, each
-from its own TIFF page (never ``base[::2]``), in chunks of about 1 MiB made of whole file
-tiles. Plain PNG / JPEG (anything PIL reads) is small: read once into a single level, up to
-``lpd.wsi.images.MAX_PIXELS``.
+Two backends, chosen per file (``open_slide(backend="auto")``, see ``lpd.wsi._routing``):
+
+- **tifffile** (``lpd.wsi._tiff``): Aperio SVS, generic tiled / pyramidal TIFF, OME-TIFF and
+  NDPI, through ``tifffile -> zarr store -> dask``: one array per pyramid level, each from
+  its own TIFF page (never ``base[::2]``), in chunks of about 1 MiB made of whole file tiles.
+- **openslide** (``lpd.wsi._openslide``, OpenSlide 4 from PyPI, imported only then): files
+  ``OpenSlide.detect_format`` names ``mirax`` (3DHISTECH MRXS), ``leica`` (SCN),
+  ``ventana`` (BIF), ``philips`` (TIFF) or ``dicom`` (DICOM-WSI: a ``.dcm`` file or its
+  folder), Hamamatsu VMS / VMU, any other format OpenSlide knows and tifffile does not
+  read, and a vendor TIFF (not SVS or generic TIFF) tifffile refuses for its layout (never
+  for damage). Levels are
+  ``read_region`` in fixed blocks of about 1 MiB; level 0 is cropped to OpenSlide's bounds
+  as QuPath does (the offset in ``metadata["bounds"]``).
+
+Plain PNG / JPEG (anything PIL reads) is small: read once into a single level, up to
+``lpd.wsi.images.MAX_PIXELS``. ``metadata["backend"]`` says which read the file
+(``"tifffile"``, ``"openslide"`` or ``"pillow"``).
 
 Every level is ``(H, W, 3) uint8``, converted per chunk as it is read by the rules of
 ``lpd.wsi.pixels`` (the same for every reader): white is the TIFF's MaxSampleValue, else
@@ -49,7 +61,7 @@ import numpy as np
 from lpd.errors import InputError
 from lpd.wsi.tiff_checks import CONVERT_HINT
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+BACKENDS = ("auto", "tifffile", "openslide")
 PLAUSIBLE_MPP = (0.1, 20.0)  # outside: kept, with a note
 
 
@@ -63,7 +75,8 @@ class Slide:
     downsamples: list[float]
     mpp: float | None
     mpp_source: str  # "metadata", "override" or "unknown"
-    vendor: str  # "aperio", "ome", "ndpi", "tiff", "png", "jpeg", "image", ...
+    vendor: str  # "aperio", "ome", "ndpi", "tiff", "png", "jpeg", "image"; OpenSlide's:
+    # "mirax", "leica", "ventana", "philips", "hamamatsu", "dicom", ...
     metadata: dict = field(default_factory=dict)
     _handle: Any = field(default=None, repr=False)  # the backend's: .sources[level][ys, xs, :]
 
@@ -136,47 +149,58 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None,
+               backend: str = "auto") -> Slide:
     """Open a slide or plain image as a lazy pyramid (see the module docstring).
 
     Parameters
     ----------
     path : str or PathLike
-        Aperio SVS, TIFF, OME-TIFF, NDPI, PNG, JPEG (read by content, not by extension).
+        Aperio SVS, TIFF, OME-TIFF, NDPI, MRXS, SCN, BIF, Philips TIFF, VMS / VMU, DICOM-WSI
+        (a ``.dcm`` file or the folder of one slide's files), PNG, JPEG (read by content;
+        the extension only names the OpenSlide-only formats).
     mpp : float, optional
         Level-0 microns per pixel, overriding the file's.
+    backend : {"auto", "tifffile", "openslide"}
+        The reader: by file (``"auto"``), or forced.
 
     Returns
     -------
     Slide
-        Notes for the user (an implausible microns per pixel) in ``metadata["notes"]``.
+        Notes for the user (an implausible microns per pixel) in ``metadata["notes"]``;
+        the reader in ``metadata["backend"]``.
 
     Raises
     ------
     InputError
-        The file is missing, unreadable, corrupt or of an unsupported kind (naming it).
+        The file is missing, unreadable, corrupt or of an unsupported kind, or OpenSlide is
+        needed and not installed (naming the file).
+    ValueError
+        An unknown ``backend``.
     """
     path = Path(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float))
                             or not math.isfinite(mpp) or mpp <= 0):
         raise InputError(path, f"the mpp override must be a positive number, got {mpp!r}")
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_dir():
-        raise InputError(path, "is a folder, not a slide file")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise InputError(path, f"cannot open file ({exc.strerror})") from None
-    if not magic:
-        raise InputError(path, "file is empty (0 bytes)")
-    if magic in _TIFF_MAGIC:
-        from lpd.wsi._tiff import open_tiff
+        from lpd.wsi._routing import open_folder
 
-        slide = open_tiff(path)
+        slide = open_folder(path, backend)
     else:
-        slide = _open_plain(path, magic)
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(132)
+        except OSError as exc:
+            raise InputError(path, f"cannot open file ({exc.strerror})") from None
+        if not head:
+            raise InputError(path, "file is empty (0 bytes)")
+        from lpd.wsi._routing import open_file
+
+        slide = open_file(path, head, backend)
     if mpp is not None:
         slide.metadata["mpp_metadata"] = slide.mpp
         slide.mpp, slide.mpp_source = float(mpp), "override"
@@ -211,6 +235,69 @@ def mpp_note(mpp: float | None, source: str) -> str | None:
             "--mpp (mpp= in Python)")
 
 
+def reader_summary(slide: Slide) -> str:
+    """One line saying how a slide was read, for ``lpd predict``, napari and stores.
+
+    Parameters
+    ----------
+    slide : Slide
+        An opened slide.
+
+    Returns
+    -------
+    str
+        E.g. ``"mirax, read with openslide; level 0 is OpenSlide's bounds x=2048 y=14592
+        (100352 x 168448 px)"`` or ``"aperio, read with tifffile"``.
+    """
+    text = f"{slide.vendor}, read with {slide.metadata.get('backend', 'unknown reader')}"
+    bounds = slide.metadata.get("bounds")
+    if bounds:
+        text += (f"; level 0 is OpenSlide's bounds x={bounds['x']} y={bounds['y']} "
+                 f"({bounds['width']} x {bounds['height']} px)")
+    return text
+
+
+def reader_info(slide: Slide) -> dict:
+    """How a slide was read, JSON-able (for a store's metadata): ``backend``, ``vendor``,
+    ``bounds`` (the crop offset of level 0 in OpenSlide's frame, or None).
+
+    Parameters
+    ----------
+    slide : Slide
+        An opened slide.
+
+    Returns
+    -------
+    dict
+        ``{"backend": str, "vendor": str, "bounds": dict or None}``.
+    """
+    return {"backend": slide.metadata.get("backend"), "vendor": slide.vendor,
+            "bounds": slide.metadata.get("bounds")}
+
+
+def is_dicom_folder(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder holding a DICOM file (a DICOM-WSI slide's folder).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Any path (reads at most the names of the folder and one file's preamble each).
+
+    Returns
+    -------
+    bool
+        False for files, missing paths and folders without a ``DICM`` preamble file.
+    """
+    from lpd.wsi._routing import is_dicom_file
+
+    path = Path(path)
+    try:
+        return path.is_dir() and any(is_dicom_file(p) for p in sorted(path.iterdir())[:2000]
+                                     if p.is_file())
+    except OSError:
+        return False
+
+
 def _open_plain(path: Path, magic: bytes) -> Slide:
     from lpd.wsi.images import MAX_PIXELS, image_shape, read_rgb
 
@@ -219,7 +306,8 @@ def _open_plain(path: Path, magic: bytes) -> Slide:
     except InputError as exc:
         if exc.problem.startswith("not an image file"):
             raise InputError(path, "not a slide or image file (supported: Aperio SVS, TIFF, "
-                             "OME-TIFF, NDPI, PNG, JPEG)") from None
+                             "OME-TIFF, NDPI, MRXS, SCN, BIF, VMS, DICOM, PNG, "
+                             "JPEG)") from None
         raise
     if h * w > MAX_PIXELS:
         raise InputError(path, f"image of {w}x{h} px is not tiled and too large to read "
@@ -227,7 +315,8 @@ def _open_plain(path: Path, magic: bytes) -> Slide:
     rgb = read_rgb(path, min_size=1)
     kind = "png" if magic == b"\x89PNG" else "jpeg" if magic[:3] == b"\xff\xd8\xff" else "image"
     level = da.from_array(rgb, chunks=(512, 512, 3), name=f"lpd-slide-{dask_token(path)}-0")
-    return Slide(path, [level], [1.0], None, "unknown", kind, {"format": kind})
+    return Slide(path, [level], [1.0], None, "unknown", kind,
+                 {"format": kind, "backend": "pillow"})
 
 
 def dask_token(path: Path) -> str:
