@@ -1,5 +1,7 @@
 """Reader contribution: slides and images as multiscale Image layers, lpd prediction stores
-(``*.zarr``) as Labels with the class colours, label TIFFs written by our writer as Labels.
+(``*.zarr``) as Labels with the class colours, label TIFFs written by our writer as Labels,
+QuPath GeoJSON (``*.geojson``, ``*.geojson.gz``) as a Shapes layer on its slide
+(``read_geojson``).
 
 An incomplete store (an interrupted run) is shown with "(incomplete)" in its name, level 0
 only, at half opacity and hidden, so it is never mistaken for a finished result."""
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lpd.errors import InputError
+from lpd.io.annotations import GEOJSON_SUFFIXES
 from lpd.io.store import OutputStore
-from lpd.wsi.slide import open_slide
+from lpd.wsi.slide import is_dicom_folder, open_slide
+from napari_lpd._annotations import read_geojson
 from napari_lpd._layers import (
     IN_MEMORY_MAX,
     LABELS_OPACITY,
@@ -27,7 +31,9 @@ from napari_lpd._layers import (
 )
 from napari_lpd._metadata import LayerMeta
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".png", ".jpg", ".jpeg")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".png", ".jpg", ".jpeg",
+                  # read with OpenSlide (lpd.wsi.open_slide routes them); DICOM folders too
+                  ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm")
 #: ``"lpd": "labels"`` in the JSON description marks a label TIFF of lpd.io.export.
 LABELS_TIFF_MARKER = "labels"
 
@@ -46,7 +52,9 @@ def _accepts(path: Path) -> bool:
     name = path.name.lower().rstrip("/")
     if name.endswith(".zarr"):
         return OutputStore.is_store(path)
-    return name.endswith(SLIDE_SUFFIXES)
+    if path.is_dir():  # a DICOM-WSI slide is a folder of .dcm files
+        return is_dicom_folder(path)
+    return name.endswith(SLIDE_SUFFIXES + GEOJSON_SUFFIXES)
 
 
 def read_paths(path: str | list[str]) -> list[LayerData]:
@@ -98,6 +106,8 @@ def read_path(path: Path) -> list[LayerData]:
     """Layers for one file or store (errors are ``lpd.errors.InputError`` naming the file)."""
     if path.name.lower().rstrip("/").endswith(".zarr"):
         return [read_store(path)]
+    if path.name.lower().endswith(GEOJSON_SUFFIXES):
+        return [read_geojson(path)]
     labels = _read_labels_tiff(path)
     if labels is not None:
         return [labels]

@@ -1,10 +1,12 @@
-"""Tag annotator: rectangles or grid cells of an image, with the classes present in each.
+"""Tag annotator: rectangles or grid cells of an image, with the classes present in each;
+QuPath annotations imported as tagged polygons.
 
 The image's ``lpd.data.tags.TagStore`` is the truth, mirrored by the "LPD tags" Shapes layer
-(feature ``region_id``). Each change is saved at once to the image's sidecar
-(``lpd.data.tags.sidecar_path``), whose tags show again when the image is opened; the last
-``MAX_UNDO`` edits can be undone (Ctrl+Z). The class boxes edit the one selected region,
-else they hold the classes of the next region. Grid mode: click cells of one model patch."""
+(feature ``region_id``; shapes: ``napari_lpd._tag_shapes``). Each change is saved at once to
+the image's sidecar (``lpd.data.tags.sidecar_path``), whose tags show again when the image
+is opened; the last ``MAX_UNDO`` edits can be undone (Ctrl+Z). The class boxes edit the one
+selected region, else they hold the classes of the next region. Grid mode
+(``napari_lpd._tag_grid``): click cells of one model patch. "Import QuPath GeoJSON…": ``lpd.data.tags.import_annotations``."""
 
 from __future__ import annotations
 
@@ -18,39 +20,36 @@ from typing import Any
 import napari.viewer
 import numpy as np
 import pandas as pd
-from app_model.types import KeyCode, KeyMod
 from napari.layers import Image, Shapes
 from napari.utils.notifications import show_info, show_warning
 from qtpy import QtWidgets as qw
 from qtpy.QtCore import QSignalBlocker
 
 from lpd.classes import CLASS_COLOURS, CLASS_LONG_NAMES, CLASS_NAMES
-from lpd.data.tags import TagRegion, TagStore, cell_size, grid_cells, iter_export, sidecar_path
+from lpd.data.tags import TagRegion, TagStore, import_annotations, iter_export, sidecar_path
 from lpd.errors import InputError
-from napari_lpd._layers import TaggedImage, layer_file, opened_pixels, tagged_image, view_region
+from napari_lpd._layers import TaggedImage, layer_file, opened_pixels, tagged_image
 from napari_lpd._parts import row_of
+from napari_lpd._tag_grid import GRID_LAYER, MAX_GRID_CELLS, UNDO_KEY, GridMode
+from napari_lpd._tag_shapes import add_region_shapes, apply_shape
 from napari_lpd._workers import RunHandle, notify_error, run_in_worker
 
-TAGS_LAYER, GRID_LAYER = "LPD tags", "LPD tag grid"
-MAX_GRID_CELLS = 3000  # a Shapes layer with many more cells gets slow to draw
+__all__ = ["GRID_LAYER", "MAX_GRID_CELLS", "MAX_UNDO", "TAGS_LAYER", "UNDO_KEY",
+           "TagAnnotatorWidget"]
+
+TAGS_LAYER = "LPD tags"
 MAX_UNDO = 20  # tag edits kept for Undo
-UNDO_KEY = KeyMod.CtrlCmd | KeyCode.KeyZ
 _DONE_ACTIONS = ("added", "removed", "changed")  # not the "...ing" events of a drag
 _UNTAGGED = (0.6, 0.6, 0.6, 1.0)
+GEOJSON_FILTER = "QuPath GeoJSON (*.geojson *.geojson.gz *.json);;All files (*)"
 
 
-def _rectangle(bbox: tuple[int, int, int, int]) -> np.ndarray:
-    x, y, w, h = bbox
-    return np.array([[y, x], [y, x + w], [y + h, x + w], [y + h, x]], float)
-
-
-class TagAnnotatorWidget(qw.QWidget):
+class TagAnnotatorWidget(GridMode, qw.QWidget):
     """Dock widget: tag regions of an image with the classes present in them."""
 
     image: TaggedImage | None = None
     store: TagStore | None = None
     shapes: Shapes | None = None  # "LPD tags"
-    grid: Shapes | None = None  # "LPD tag grid"
     _syncing = False  # True while we change the shapes ourselves
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: qw.QWidget | None = None) -> None:
@@ -95,12 +94,17 @@ class TagAnnotatorWidget(qw.QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.export_button = qw.QPushButton("Export training folder…",
                                             clicked=lambda: self.export_to())
+        self.import_button = qw.QPushButton(
+            "Import QuPath GeoJSON…", clicked=lambda: self.import_geojson(), toolTip=(
+                "Add the annotations of a QuPath GeoJSON export whose classes are tissue "
+                "classes (Tumor, Stroma, Immune cells, Necrosis, or TUM...) as tagged "
+                "polygons"))
         self.status = qw.QLabel(wordWrap=True)
         layout = qw.QVBoxLayout(self)
         layout.addLayout(form)
         for widget in (row_of(self.draw_button, self.grid_button, self.undo_button),
                        self.boxes_label, row_of(*self.class_boxes.values()), self.table,
-                       self.export_button, self.status):
+                       row_of(self.import_button, self.export_button), self.status):
             layout.addWidget(widget)
 
     def _refresh_images(self, prefer: str | None = None) -> None:
@@ -179,8 +183,7 @@ class TagAnnotatorWidget(qw.QWidget):
                 setattr(self.shapes, attr, getattr(layer, attr)[-2:])
             if self.shapes not in self.viewer.layers:
                 self.viewer.layers.append(self.shapes)
-            if regions:
-                self.shapes.add_rectangles([_rectangle(r.bbox) for r in regions])
+            add_region_shapes(self.shapes, regions)
         self._restyle([r.id for r in regions])
         self.status.setText(f"{len(regions)} region(s). Tags are kept in {self.store.sidecar}")
         return None
@@ -201,8 +204,12 @@ class TagAnnotatorWidget(qw.QWidget):
             bbox = (x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
             rid = int(ids[i]) if i < len(ids) and not pd.isna(ids[i]) else -1
             if rid in known and rid not in kept:
-                before = known[rid].bbox
-                changed |= self.store.update(rid, bbox=bbox).bbox != before
+                try:
+                    changed |= apply_shape(self.store, known[rid], vertices)
+                except InputError as exc:  # an outline with no area: the regions as they were
+                    notify_error(exc, "Editing a tag region")
+                    self.store.regions = snapshot
+                    return self._rebuild_shapes()
             else:  # a new shape: a new region with the classes for the next region
                 rid, changed = self.store.add(bbox, self._next_classes).id, True
             kept.append(rid)
@@ -254,7 +261,8 @@ class TagAnnotatorWidget(qw.QWidget):
         regions = self.store.regions if self.store is not None else []
         self.table.setRowCount(len(regions))
         for row, r in enumerate(regions):
-            for col, text in enumerate((r.id, " ".join(r.classes) or "—", str(r.bbox)[1:-1])):
+            box = str(r.bbox)[1:-1] + ("" if r.polygon is None else " (polygon)")
+            for col, text in enumerate((r.id, " ".join(r.classes) or "—", box)):
                 self.table.setItem(row, col, qw.QTableWidgetItem(str(text)))
 
     def _save(self) -> None:
@@ -314,66 +322,33 @@ class TagAnnotatorWidget(qw.QWidget):
         self.viewer.layers.selection.active, self.shapes.mode = self.shapes, "add_rectangle"
         return None
 
-    def cell(self) -> int:
-        """Level-0 px of one grid cell: one model patch at the chosen magnification."""
-        return cell_size(self.patch_spin.value(), self.mpp_spin.value() or None,
-                         self.image.mpp if self.image is not None else None)
-
-    def set_grid(self, enabled: bool) -> None:
-        """Show the grid over the visible part of the image (at most MAX_GRID_CELLS)."""
-        grid, self.grid, cell = self.grid, None, self.cell()
-        if grid is not None and grid in self.viewer.layers:
-            self.viewer.layers.remove(grid)
-        cells = grid_cells(self.image.size, cell, view_region(self.image.layer)) \
-            if enabled and self.image is not None else []
-        if len(cells) > MAX_GRID_CELLS:
-            show_info(f"{len(cells)} grid cells in view: zoom in (at most {MAX_GRID_CELLS}).")
-        if not 0 < len(cells) <= MAX_GRID_CELLS:
-            return self.grid_button.setChecked(False)
-        layer = self.image.layer  # type: ignore[union-attr]
-        self.grid = Shapes([_rectangle(c) for c in cells], shape_type="rectangle",
-                           name=GRID_LAYER, scale=layer.scale[-2:], units=layer.units[-2:],
-                           translate=layer.translate[-2:], edge_width=max(1.0, cell / 40),
-                           edge_color=[1, 1, 1, 0.7], face_color=[0, 0, 0, 0])
-        self.grid.mouse_drag_callbacks.append(self._grid_drag)
-        self.grid.bind_key(UNDO_KEY, lambda _layer: self.undo(), overwrite=True)
-        self.viewer.layers.append(self.grid)
-        self.viewer.layers.selection.active = self.grid
-        self.status.setText("Grid: click cells to tag them, then tick their classes.")
-        return None
-
-    def _grid_drag(self, layer: Shapes, event: Any) -> Any:
-        """A click (press and release without moving) picks a cell; a drag pans."""
-        start, moved = np.asarray(event.position), False
-        yield
-        while event.type == "mouse_move":
-            moved = moved or bool(np.any(np.asarray(event.position) != start))
-            yield
-        if not moved:
-            y, x = layer.world_to_data(start)[-2:]
-            self.select_cell(float(x), float(y))
-
-    def select_cell(self, x: float, y: float) -> int | None:
-        """Select the grid cell at level-0 (x, y): its region if it has one, else a new
-        region with the classes for the next region. Returns the region id (None outside
-        the image)."""
-        if self.image is None or self.store is None or self.shapes is None:
-            return None
-        cells = grid_cells(self.image.size, self.cell(), (x, y, 1, 1))
-        if not cells:
-            return None
-        rid = next((r.id for r in self.store.regions if r.bbox == cells[0]), None)
-        if rid is None:
-            before = self._regions()
-            rid = self.store.add(cells[0], self._next_classes, source="grid").id
+    def import_geojson(self, path: str | Path | None = None) -> list[TagRegion]:
+        """Add the tissue-class annotations of a QuPath GeoJSON file as tagged polygon
+        regions (None: ask for the file); one edit (Undo takes it back). A file that
+        cannot be read is one error notification; what was skipped, one note."""
+        if self.image is None or self.store is None:
+            show_info("Choose an image opened from a file first.")
+            return []
+        path = path or qw.QFileDialog.getOpenFileName(
+            self, "Import QuPath GeoJSON", str(self.image.path.parent), GEOJSON_FILTER)[0]
+        if not path:
+            return []
+        before = self._regions()
+        try:
+            added, notes = import_annotations(self.store, path)
+        except InputError as exc:
+            self.store.regions = before
+            notify_error(exc, "Importing annotations")
+            return []
+        skipped = f"; {notes[0]}" + (f" (and {len(notes) - 1} more)" if len(notes) > 1
+                                      else "") if notes else ""
+        show_info(f"{len(added)} tagged region(s) imported from {Path(path).name}{skipped}")
+        if added:
             self._remember(before)
-            ids = [int(i) for i in self.shapes.features["region_id"]] + [rid]
-            with self._quiet():
-                self.shapes.add_rectangles([_rectangle(cells[0])])
-            self._restyle(ids)
+            self._rebuild_shapes()
             self._save()
-        self.select_regions([rid])
-        return rid
+            self.select_regions([r.id for r in added])
+        return added
 
     def export_to(self, folder: str | Path | None = None) -> RunHandle | None:
         """Write the tagged regions' patches as ``folder/train/*.png`` (None: ask)."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from lpd.errors import InputError
 from lpd.infer.tiled import TiledProgress, TiledResult, TilePlan, plan_tiled, predict_tiled
+from lpd.io.roi import as_roi
 from lpd.io.store import OutputStore
 from lpd.model.lpd_model import LPDModel
 from lpd.progress import drive
@@ -189,8 +190,9 @@ def segment_iter(
         ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     resume : bool
         Continue ``out`` when it holds the same unfinished prediction; False replaces it.
-    roi : (N, 2) array-like, optional
-        Polygon (x, y) in level-0 px: nothing labelled outside it.
+    roi : (N, 2) array-like or shapely geometry or Roi, optional
+        Polygon (x, y) in level-0 px, or (Multi)Polygons with holes (e.g. QuPath
+        annotations: ``lpd.io.roi.Roi``): nothing labelled outside it.
     batch_size : int
         Windows per forward pass.
     halo : int, optional
@@ -231,7 +233,7 @@ def segment_iter(
         result = yield from predict_tiled(
             net, source, **options, batch_size=batch_size, device=device if device != "auto"
             else None, tissue_threshold=tissue_threshold, store=target,
-            prototypes=prototypes, resume=resume and not owned, roi=roi, plan=plan)
+            prototypes=prototypes, resume=resume and not owned, roi=as_roi(roi), plan=plan)
     except BaseException:
         if owned:
             shutil.rmtree(target.parent, ignore_errors=True)
@@ -241,8 +243,18 @@ def segment_iter(
             slide.close()
     if result.store is None:  # never: a store was given
         raise InputError(target, "no store was written")
+    _record_reader(result.store, slide if slide is not None else image)
     return Segmentation(result.store, result.plan, result, owns_store=owned,
                         name=_name(image, region, target))
+
+
+def _record_reader(store: OutputStore, image: Any) -> None:
+    """The store's ``info["reader"]``: how its slide was read (backend, vendor, bounds)."""
+    from lpd.wsi.slide import Slide, reader_info
+
+    if isinstance(image, Slide):
+        store.meta.setdefault("info", {})["reader"] = reader_info(image)
+        store.group.attrs["lpd"] = store.meta
 
 
 def _name(image: Any, region: Sequence[int] | None, store: Path) -> str:

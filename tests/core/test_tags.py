@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import lpd._atomic
-import lpd.data.tags
+import lpd.data.tag_files
 from lpd.data.bcss import parse_tags
 from lpd.data.sample import CMU_SLIDE, SAMPLE_ROOT
 from lpd.data.synthetic import synthetic_tissue
@@ -240,7 +240,7 @@ def test_sidecars_of_samples_and_read_only_folders_go_to_the_data_folder(
         if folder_writable(shared.parent):  # root writes anyway: pretend it cannot
             assert os.geteuid() == 0
             real = folder_writable
-            monkeypatch.setattr(lpd.data.tags, "folder_writable",
+            monkeypatch.setattr(lpd.data.tag_files, "folder_writable",
                                 lambda folder: Path(folder) not in read_only and real(folder))
         ro = sidecar_path(shared)
         assert ro.parent == data / "tags" and ro.name.startswith("he.png-")

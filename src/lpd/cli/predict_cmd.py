@@ -18,18 +18,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="segment a whole slide (or a region) into a chunked zarr store",
-        description="Tiled inference over a slide (SVS, TIFF, OME-TIFF, NDPI, PNG, JPEG) at "
+        description="Tiled inference over a slide (SVS, TIFF, OME-TIFF, NDPI; MRXS, SCN, BIF, "
+        "Philips TIFF, VMS, DICOM-WSI through OpenSlide; PNG, JPEG) at "
         "the checkpoint's magnification, written to OUT.zarr (OME-Zarr labels, resumable). "
         "Interrupted runs leave an incomplete store that the same command resumes. "
         "Export it with `lpd export OUT.zarr`.",
     )
-    p.add_argument("slide", type=Path, help="slide or image file")
+    p.add_argument("slide", type=Path, help="slide or image file (or a DICOM-WSI folder)")
     p.add_argument("--checkpoint", default="default",
                    help="model checkpoint (.safetensors); 'default' (the default) trains the "
                    "shipped default model (lpd info default)")
     p.add_argument("--out", type=Path, required=True, help="output store (OUT.zarr)")
     p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="region in level-0 pixels (default: the whole slide)")
+    p.add_argument("--roi", type=Path, metavar="FILE.geojson",
+                   help="segment only inside the polygons of a QuPath GeoJSON file "
+                   "(.geojson or .geojson.gz, level-0 pixels; holes stay out; pixels are "
+                   "in when their centres are); --region then limits it further")
+    p.add_argument("--roi-class", metavar="NAME",
+                   help="with --roi: only the objects of this class (QuPath's name, e.g. "
+                   "Tumor, or ours, e.g. TUM; case-insensitive)")
     p.add_argument("--level", type=int, help="pyramid level to read (default: the level "
                    "matching the checkpoint's microns per pixel)")
     p.add_argument("--mpp", type=float, help="the slide's level-0 microns per pixel, when its "
@@ -73,14 +81,64 @@ def checkpoint_for_cli(checkpoint: str | Path | None, device: str = "cpu") -> Pa
         return resolve_checkpoint(checkpoint, on_train, device)
 
 
+def roi_and_region(args: argparse.Namespace, shape: tuple[int, int]
+                   ) -> tuple[object, tuple[int, int, int, int] | None]:
+    """The region of interest of ``--roi`` (``--roi-class``) and the region to plan: the
+    ROI's bounding box cut to the slide, unless ``--region`` is given.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``roi``, ``roi_class``, ``region``.
+    shape : tuple of int
+        The slide's level-0 (height, width).
+
+    Returns
+    -------
+    tuple
+        (``lpd.io.roi.Roi`` or None, (x, y, w, h) or None).
+
+    Raises
+    ------
+    InputError
+        A bad GeoJSON file (naming it and the feature), no polygon (of that class), or
+        polygons wholly outside the slide.
+    """
+    region = None if args.region is None else tuple(args.region)
+    if args.roi is None:
+        if args.roi_class is not None:
+            raise InputError(None, "--roi-class needs --roi FILE.geojson")
+        return None, region
+    from lpd.io.annotations import read_annotations
+    from lpd.io.roi import Roi
+
+    notes: list[str] = []
+    annotations = read_annotations(args.roi, notes=notes)
+    for note in notes:
+        print(f"note: {args.roi.name}: {note}", file=sys.stderr)
+    roi = Roi.from_annotations(annotations, args.roi_class, args.roi)
+    if region is None:
+        x, y, w, h = roi.bounds
+        h0, w0 = shape
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, w0), min(y + h, h0)
+        if x1 <= x0 or y1 <= y0:
+            raise InputError(args.roi, f"its polygons lie outside the slide ({w0} x {h0} px)")
+        region = (x0, y0, x1 - x0, y1 - y0)
+    which = "" if args.roi_class is None else f" (class {args.roi_class})"
+    print(f"roi: the polygons of {args.roi.name}{which}, {roi.geometry.area:.0f} px², "
+          f"region x={region[0]} y={region[1]} w={region[2]} h={region[3]}", file=sys.stderr)
+    return roi, region
+
+
 def run(args: argparse.Namespace) -> int:
-    from lpd.wsi.slide import open_slide
+    from lpd.wsi.slide import open_slide, reader_summary
 
     threads = default_threads() if args.threads is None else args.threads
     if threads < 1:
         raise InputError(None, f"--threads must be >= 1, got {threads}")
     # the slide first, before torch loads: a bad file is reported at once
     with open_slide(args.slide, mpp=args.mpp) as slide:
+        print(f"slide: {slide.path.name}: {reader_summary(slide)}", file=sys.stderr)
         return _run(args, slide, threads)
 
 
@@ -97,8 +155,9 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
     device = resolve_device(args.device)
     resume = not args.no_resume
     out: Path = args.out
+    roi, region = roi_and_region(args, slide.shape)
     model = load_model(checkpoint_for_cli(args.checkpoint, str(device)), str(device))
-    kwargs = dict(region=args.region, level=args.level, target_mpp=args.target_mpp,
+    kwargs = dict(region=region, level=args.level, target_mpp=args.target_mpp,
                   allow_resample=args.allow_resample, halo=halo_for(model))
     plan = plan_tiled(model, slide, **kwargs)
     grid = plan.grid
@@ -113,7 +172,7 @@ def _run(args: argparse.Namespace, slide, threads: int) -> int:
     gen = segment_iter(
         model, slide, **kwargs, batch_size=args.batch_size, device=str(device),
         tissue_threshold=args.tissue_threshold or None, out=out,
-        prototypes=args.prototypes, resume=resume, plan=plan)
+        prototypes=args.prototypes, resume=resume, roi=roi, plan=plan)
     t0 = time.perf_counter()
     try:
         with progress_bar(total, "tiles", "tile") as bar:
