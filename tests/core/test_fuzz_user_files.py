@@ -141,10 +141,32 @@ def sidecars(draw) -> tuple[dict, dict, int | None, dict | None]:
     return doc, m, pick, rm
 
 
+def _polygon_box(rings: object) -> tuple[int, int, int, int] | None:
+    """The whole-pixel box of a version-2 region's polygon; None: it must be refused (not
+    a list of [x, y] rings, non-finite, or not a valid polygon by shapely)."""
+    from shapely.geometry import Polygon
+
+    try:
+        poly = Polygon(rings[0], rings[1:])  # type: ignore[index]
+        ok = (isinstance(rings, list) and all(isinstance(r, list) and len(r) >= 3 for r in rings)
+              and all(isinstance(pt, list) and len(pt) == 2 for r in rings for pt in r)
+              and all(type(v) in (int, float) and math.isfinite(v) and abs(v) <= 1e12
+                      for r in rings for pt in r for v in pt)
+              and poly.is_valid and poly.area > 0)
+    except Exception:
+        return None
+    if not ok:
+        return None
+    x0, y0, x1, y1 = poly.bounds
+    eps = 1e-6
+    fx, fy = math.floor(x0 + eps), math.floor(y0 + eps)
+    return fx, fy, max(1, math.ceil(x1 - eps) - fx), max(1, math.ceil(y1 - eps) - fy)
+
+
 def _expected_regions(doc: dict) -> list[tuple] | None:
     """What a loader must return for ``doc``; None: it must refuse it."""
     if (not isinstance(doc, dict) or doc.get("format") != "lpd-tags"
-            or type(doc.get("version")) is not int or doc.get("version") != 1):
+            or type(doc.get("version")) is not int or doc.get("version") not in (1, 2)):
         return None
     names, regions = doc.get("class_names"), doc.get("regions")
     if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
@@ -166,6 +188,10 @@ def _expected_regions(doc: dict) -> list[tuple] | None:
         x0, y0 = math.floor(bbox[0]), math.floor(bbox[1])
         box = (x0, y0, max(1, math.ceil(bbox[0] + bbox[2]) - x0),
                max(1, math.ceil(bbox[1] + bbox[3]) - y0))
+        if doc["version"] == 2 and r.get("polygon") is not None:  # the box is the polygon's
+            box = _polygon_box(r["polygon"])
+            if box is None:
+                return None
         out.append((rid, box, set(classes), source))
     return out
 
