@@ -11,7 +11,12 @@ A task is a slide path, optionally with a region in level-0 pixels, written
 - Resumable: a task whose store is complete and whose exports exist is skipped; an
   incomplete store resumes from its finished chunks (``predict_tiled(resume=True)``).
 - Failures stay local: a task returns its error (type and message, naming the file) instead
-  of raising, and a worker that dies is reported the same way; the other tasks go on.
+  of raising; the other tasks go on. An error is not retried (bad input fails again).
+- A lost worker is retried: a slide whose worker died (killed, out of memory) runs again,
+  ``retries`` times at most, resuming its store from the chunks already written
+  (``lpd.batch_report``: attempts, retries, windows per second per worker).
+- Progress: the tasks' events (``lpd.batch_task``) reach ``on_event`` in the caller's
+  thread, with "lost", "retry" and "requeue" of ``run_batch``'s own.
 - The report (``OUT/batch-report.json``) is rewritten atomically after every task.
 ``run_batch`` prints nothing; ``on_status`` receives each task's result as it finishes."""
 
@@ -23,18 +28,26 @@ import json
 import logging
 import os
 import re
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lpd._atomic import atomic_write_text
+from lpd._batch_run import BatchRun
 from lpd._userfile import read_text
-from lpd.errors import InputError, LPDError, StoreMismatch
+from lpd.batch_report import DEFAULT_RETRIES, BatchReport
+from lpd.batch_task import output_paths, run_task
+from lpd.errors import InputError
+
+__all__ = ["DEFAULT_RETRIES", "BatchOptions", "BatchReport", "BatchTask", "default_threads",
+           "output_paths", "parse_task", "read_task_file", "resolve_checkpoint", "run_batch",
+           "run_task"]
 
 REPORT_NAME = "batch-report.json"
+# the LocalCluster's settings (see _client): glibc's malloc trim threshold, no profiler
+_CLUSTER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                   "distributed.worker.profile.enabled": False}
 _REGION = re.compile(r"^(\d+),(\d+),(\d+),(\d+)$")
 
 
@@ -71,31 +84,7 @@ class BatchOptions:
     device: str = "cpu"
     resume: bool = True
     exports: tuple[str, ...] = ("tiff", "geojson", "csv")
-
-
-@dataclass
-class BatchReport:
-    out_dir: str
-    checkpoint: str
-    scheduler: str
-    started: str
-    seconds: float = 0.0
-    tasks: list[dict] = field(default_factory=list)
-    finished: bool = False
-
-    @property
-    def counts(self) -> dict[str, int]:
-        out = {"done": 0, "skipped": 0, "failed": 0, "pending": 0}
-        for t in self.tasks:
-            out[t["status"]] = out.get(t["status"], 0) + 1
-        return out
-
-    @property
-    def failed(self) -> list[dict]:
-        return [t for t in self.tasks if t["status"] == "failed"]
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "counts": self.counts}
+    progress_interval: float = 0.5  # s between a task's "tiles" events (0: every batch)
 
 
 def parse_task(spec: str) -> BatchTask:
@@ -144,12 +133,6 @@ def read_task_file(path: str | Path) -> list[BatchTask]:
     return tasks
 
 
-def output_paths(out_dir: Path, name: str, exports: Sequence[str]) -> tuple[Path, dict[str, Path]]:
-    from lpd.io.formats import export_paths
-
-    return out_dir / f"{name}.zarr", export_paths(name, out_dir, exports)
-
-
 def default_threads() -> int:
     """Torch threads on CPU: one core is left to the reader thread (and the system).
     Measured by ``lpd bench throughput`` on 2 shared cores: 1 torch thread + the reader gave
@@ -176,80 +159,10 @@ def resolve_checkpoint(
     return Path(checkpoint)
 
 
-_models = threading.local()  # per worker thread: model objects are not shared by threads
-
-
-def _load_model(checkpoint: str, device: str):
-    from lpd.io.checkpoint import load_checkpoint
-
-    path = Path(checkpoint)
-    key = (str(path.resolve()), path.stat().st_mtime_ns, device)
-    if getattr(_models, "key", None) != key:
-        _models.model, _models.key = load_checkpoint(path, device), key
-    return _models.model
-
-
-def run_task(task: BatchTask, checkpoint: str, out_dir: str, options: BatchOptions) -> dict:
-    """Predict + export one task (on a worker). Never raises: errors are in the result."""
-    import torch
-
-    t0 = time.perf_counter()
-    store, files = output_paths(Path(out_dir), task.name, options.exports)
-    result = {"name": task.name, "slide": str(task.slide), "region": task.region,
-              "status": "failed", "store": str(store), "files": {k: str(v) for k, v in
-                                                                 files.items()},
-              "passes": 0, "tiles": 0, "tiles_skipped": 0, "seconds": 0.0, "error": None}
-    try:
-        torch.set_num_threads(options.torch_threads)
-        from lpd.io.formats import export
-        from lpd.io.store import OutputStore
-
-        done = (options.resume and OutputStore.is_store(store)
-                and OutputStore.open(store).complete)
-        if done and all(f.is_file() for f in files.values()):
-            result["status"] = "skipped"
-            return result
-        if not done:
-            _predict(task, checkpoint, store, options, result)
-        export(store, formats=(), paths=files)
-        result["status"] = "done"
-    except Exception as exc:  # the task's error is reported, the batch goes on
-        result["error"] = error_info(exc)
-    finally:
-        result["seconds"] = time.perf_counter() - t0
-    return result
-
-
-def _predict(task: BatchTask, checkpoint: str, store: Path, options: BatchOptions,
-             result: dict) -> None:
-    from lpd.progress import drive
-    from lpd.segmentation import segment_iter
-
-    model = _load_model(checkpoint, options.device)
-    res = drive(segment_iter(
-        model, task.slide, mpp=options.mpp, region=task.region, level=options.level,
-        target_mpp=options.target_mpp, allow_resample=options.allow_resample,
-        batch_size=options.batch_size, device=options.device, out=store,
-        prototypes=options.prototypes, resume=options.resume)).result
-    gy, gx = res.plan.grid
-    result.update(passes=res.forward_passes, tiles=gy * gx, tiles_skipped=res.tiles_skipped)
-
-
-def error_info(exc: BaseException) -> dict:
-    """Name and message of an error; a traceback too when it is not a user-facing error."""
-    message = str(exc)
-    if isinstance(exc, StoreMismatch):
-        message = message.replace("pass resume=False", "pass resume=False (lpd batch "
-                                  "--no-resume)")
-    info = {"type": type(exc).__name__, "message": message}
-    if not isinstance(exc, LPDError):
-        info["traceback"] = "".join(traceback.format_exception(exc)[-6:])
-    return info
-
-
 @contextlib.contextmanager
 def _client(scheduler: str | None, workers: int, threads_per_worker: int,
             processes: bool) -> Iterator[tuple[object, str]]:
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -267,10 +180,34 @@ def _client(scheduler: str | None, workers: int, threads_per_worker: int,
     # lpd.bench.throughput, 2 torch threads 1.2 -> 6 passes/s under load).
     extra = {"env": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}} \
         if processes else {}
-    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                      processes=processes, dashboard_address=None,
-                      silence_logs=logging.ERROR, **extra) as cluster, Client(cluster) as client:
+    # allowed_failures=0: a worker loss errs its tasks at once with KilledWorker, and only
+    # lpd batch retries them (lpd.batch_report): dask would rerun them itself up to 3 times.
+    # glibc's own malloc trim threshold, not the nanny's 64 KiB: a worker then mmaps and
+    # zero-fills every tensor afresh (measured: predict 1.2-1.7x slower per slide). No
+    # statistical profiler (it samples every thread each 10 ms, for a dashboard this cluster
+    # does not have; measured, 1 worker: 0.89 -> 0.95 of a plain process's windows per CPU s).
+    with dask.config.set(_CLUSTER_CONFIG), _quiet_lost_tasks(), \
+            LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                         processes=processes, dashboard_address=None,
+                         silence_logs=logging.ERROR, scheduler_kwargs={"allowed_failures": 0},
+                         **extra) as cluster, Client(cluster) as client:
         yield client, f"LocalCluster({workers} workers x {threads_per_worker} thread, {kind})"
+
+
+@contextlib.contextmanager
+def _quiet_lost_tasks() -> Iterator[None]:
+    """Without the scheduler's "Task ... marked as failed because 1 workers died" errors:
+    with allowed_failures=0 each lost worker gives them, and run_batch reports the loss
+    and its retry itself."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "workers died while trying to run it" not in str(record.msg)
+
+    logger = logging.getLogger("distributed.scheduler")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def run_batch(
@@ -283,13 +220,79 @@ def run_batch(
     threads_per_worker: int = 1,
     processes: bool = True,
     options: BatchOptions | None = None,
+    retries: int = DEFAULT_RETRIES,
     on_status: Callable[[dict], None] | None = None,
+    on_event: Callable[[dict], None] | None = None,
     on_train_progress: Callable[[object], None] | None = None,
 ) -> BatchReport:
-    """Run every task (see the module docstring); returns the report, also written to
-    ``out_dir/batch-report.json``. ``on_status(result)`` is called as each task ends."""
+    """Run every task (see the module docstring) and write ``out_dir/batch-report.json``.
+
+    Parameters
+    ----------
+    tasks : sequence of BatchTask, str or Path
+        Slides, or ``SLIDE@x,y,w,h`` regions (level-0 px).
+    out_dir : str or Path
+        Output folder (stores, exports, the report).
+    checkpoint : str or Path, optional
+        Model checkpoint; None or "default": the default model.
+    scheduler : str, optional
+        Address of a running dask scheduler; default a ``LocalCluster``.
+    workers, threads_per_worker : int
+        The LocalCluster's worker processes and dask threads per worker.
+    processes : bool
+        LocalCluster workers as processes (default) or threads of this process.
+    options : BatchOptions, optional
+        Prediction settings of every task.
+    retries : int
+        Runs again, at most this many times, a slide whose worker died (default
+        ``DEFAULT_RETRIES``; see ``lpd.batch_report``). Errors are never retried.
+    on_status : callable, optional
+        Called with each task's final entry as it ends (in this thread).
+    on_event : callable, optional
+        Called with each progress event (dict: ``name``, ``attempt``, ``stage`` "start",
+        "predict", "tiles", "pyramid", "end", ``worker``, ``address``, ``pid``, ``done``,
+        ``total``, ``windows``, ``elapsed``; ``lpd.batch_task``), and with ``stage`` "lost"
+        (a worker died running the slide), "retry" (it runs again) and "requeue" (it was
+        queued on a worker that died; not an attempt) from ``run_batch``, in this thread.
+    on_train_progress : callable, optional
+        Progress of training the default model where its weights are missing.
+
+    Returns
+    -------
+    BatchReport
+        Per task its status, attempts and retries; per worker windows per busy second.
+
+    Raises
+    ------
+    InputError
+        No tasks, clashing output names, a bad checkpoint, an unreachable scheduler.
+    """
     options = options or BatchOptions()
     items = [t if isinstance(t, BatchTask) else parse_task(str(t)) for t in tasks]
+    _check(items, workers, threads_per_worker, retries)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = resolve_checkpoint(checkpoint, on_train_progress, options.device)
+    from lpd.io.checkpoint import read_checkpoint_metadata
+
+    read_checkpoint_metadata(ckpt)  # a bad checkpoint fails once, here, not in every task
+    t0 = time.perf_counter()
+    report = BatchReport(str(out), str(ckpt), "", dt.datetime.now().astimezone().isoformat(
+        timespec="seconds"), retries_allowed=retries)
+    report.tasks = [{"name": t.name, "slide": str(t.slide), "region": t.region,
+                     "status": "pending"} for t in items]
+    with _client(scheduler, workers, threads_per_worker, processes) as (client, described):
+        report.scheduler = described
+        _write(report, out, t0)
+        BatchRun(client, items, str(ckpt.resolve()), out, options, report,
+                 lambda: _write(report, out, t0), on_status, on_event).run()
+    report.finished = True
+    _write(report, out, t0)
+    return report
+
+
+def _check(items: list[BatchTask], workers: int, threads_per_worker: int,
+           retries: int) -> None:
     if not items:
         raise InputError(None, "no slides given")
     seen: dict[str, BatchTask] = {}
@@ -300,42 +303,11 @@ def run_batch(
         seen[t.name] = t
     if workers < 1 or threads_per_worker < 1:
         raise InputError(None, "workers and threads per worker must be >= 1")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = resolve_checkpoint(checkpoint, on_train_progress, options.device)
-    from lpd.io.checkpoint import read_checkpoint_metadata
-
-    read_checkpoint_metadata(ckpt)  # a bad checkpoint fails once, here, not in every task
-    t0 = time.perf_counter()
-    report = BatchReport(str(out), str(ckpt), "", dt.datetime.now().astimezone().isoformat(
-        timespec="seconds"))
-    report.tasks = [{"name": t.name, "slide": str(t.slide), "region": t.region,
-                     "status": "pending"} for t in items]
-    index = {t.name: i for i, t in enumerate(items)}
-    with _client(scheduler, workers, threads_per_worker, processes) as (client, described):
-        from distributed import as_completed
-
-        report.scheduler = described
-        _write(report, out, t0)
-        futures = {client.submit(run_task, t, str(ckpt.resolve()), str(out.resolve()),
-                                 options, key=f"lpd-task-{t.name}-{time.time_ns()}",
-                                 pure=False): t for t in items}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                result = fut.result()
-            except Exception as exc:  # the worker died or the task could not run there
-                result = {"name": task.name, "slide": str(task.slide), "region": task.region,
-                          "status": "failed", "error": error_info(exc)}
-            report.tasks[index[task.name]] = result
-            _write(report, out, t0)
-            if on_status is not None:
-                on_status(result)
-    report.finished = True
-    _write(report, out, t0)
-    return report
+    if retries < 0:
+        raise InputError(None, f"retries must be >= 0, got {retries}")
 
 
 def _write(report: BatchReport, out: Path, t0: float) -> None:
     report.seconds = time.perf_counter() - t0
+    report.update_throughput()
     atomic_write_text(out / REPORT_NAME, json.dumps(report.to_dict(), indent=1, default=str))

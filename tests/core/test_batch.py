@@ -57,6 +57,7 @@ def test_batch_on_two_workers_reports_failures_and_resumes(inputs, tmp_path) -> 
     assert sorted(r["name"] for r in seen) == ["a", "b", "broken"]
     failed = report.failed[0]
     assert failed["name"] == "broken" and failed["error"]["type"] == "InputError"
+    assert failed["attempts"] == 1 and report.retries == 0  # bad input is not retried
     assert "broken.tiff" in failed["error"]["message"]
     assert "truncated" in failed["error"]["message"]
     for name in ("a", "b"):
@@ -66,6 +67,10 @@ def test_batch_on_two_workers_reports_failures_and_resumes(inputs, tmp_path) -> 
             assert (out / f"{name}{suffix}").stat().st_size > 0
     done = {t["name"]: t for t in report.tasks}
     assert done["a"]["passes"] > 0 and done["a"]["tiles"] == 20  # 256 x 320 in tiles of 64
+    # windows per busy second, per worker (workers as threads here: names "0" and "1")
+    assert sum(w["windows"] for w in report.workers.values()) == done["a"]["passes"] + \
+        done["b"]["passes"]
+    assert all(w["windows_per_s"] > 0 for w in report.workers.values() if w["windows"])
     saved = json.loads((out / "batch-report.json").read_text())
     assert saved["counts"]["failed"] == 1 and saved["finished"]
     assert [t["name"] for t in saved["tasks"]] == ["a", "broken", "b"]  # input order
@@ -130,3 +135,62 @@ def test_batch_on_a_running_scheduler(inputs, tmp_path) -> None:
     assert report.scheduler == f"scheduler {cluster.scheduler_address}"
     assert report.counts["done"] == 1
     assert (tmp_path / "b_x0_y0_w128_h128-areas.csv").is_file()
+
+
+def _start(name: str, submission: int, worker: str, pid: int) -> dict:
+    return {"name": name, "submission": submission, "stage": "start", "worker_name": worker,
+            "address": f"tcp://w{worker}", "pid": pid}
+
+
+def _tiles(name: str, submission: int, done: int, windows: int, elapsed: float) -> dict:
+    return {"name": name, "submission": submission, "stage": "tiles", "done": done,
+            "total": 10, "windows": windows, "elapsed": elapsed}
+
+
+def _done(name: str, worker: str, pid: int, windows: int, busy: float) -> dict:
+    return {"name": name, "status": "done", "worker": worker, "pid": pid, "passes": windows,
+            "busy_s": busy}
+
+
+def test_attempts_count_starts_not_submissions() -> None:
+    from lpd.batch_report import AttemptLog, BatchReport
+
+    log = AttemptLog(["a", "b", "c"], retries=1)
+    # a: started on worker 0, lost at 4/10 tiles, retried on worker 1: 2 attempts, 1 retry
+    assert log.submit("a") == 1
+    log.event(_start("a", 1, "0", 11))
+    log.event(_tiles("a", 1, 4, 5, 2.0))
+    assert log.lost("a") == "retry"
+    assert log.submit("a") == 2
+    log.event(_tiles("a", 1, 6, 7, 3.0))  # late news of the lost attempt: ignored
+    log.event(_start("a", 2, "1", 12))
+    a = log.finish("a", _done("a", "1", 12, 6, 1.5))
+    assert (a["attempts"], a["retries"], a["windows"], a["busy_s"]) == (2, 1, 11, 3.5)
+    assert [h["outcome"] for h in a["history"]] == ["worker died", "done"]
+    assert a["history"][0]["tiles_done"] == 4 and a["history"][0]["pid"] == 11
+    # b: queued on the worker that died, never started: submitted again, not an attempt
+    log.submit("b")
+    assert log.lost("b") == "requeue"
+    log.submit("b")
+    log.event(_start("b", 2, "1", 12))
+    b = log.finish("b", _done("b", "1", 12, 3, 1.0))
+    assert (b["attempts"], b["retries"]) == (1, 0)
+    # c: a scheduler rerunning it by itself (its own allowed-failures): each start counts;
+    # the start past 1 + retries is to be cancelled, and no retry is left after a loss
+    log.submit("c")
+    assert log.event(_start("c", 1, "0", 11)) is False
+    assert log.event(_start("c", 1, "1", 12)) is False
+    assert log.event(_start("c", 1, "0", 13)) is True
+    assert log.lost("c") == "failed"
+    c = log.finish("c", {"name": "c", "status": "failed", "error": {"type": "WorkerLost"}})
+    assert [h["outcome"] for h in c["history"]] == ["worker died"] * 3
+
+    report = BatchReport("o", "k", "s", "now", seconds=10.0, retries_allowed=1,
+                         tasks=[a, b, c])
+    report.update_throughput()
+    assert report.retries == 1 + 0 + 2
+    assert report.workers["1"]["windows"] == 9 and report.workers["1"]["slides"] == 2
+    assert report.workers["1"]["windows_per_s"] == pytest.approx(9 / 2.5)
+    assert report.workers["0"]["attempts"] == 3  # a's first, c's first and third
+    assert report.throughput["windows"] == 11 + 3
+    assert report.throughput["windows_per_s"] == pytest.approx(1.4)

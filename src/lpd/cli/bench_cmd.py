@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "accuracy": "lpd.bench.accuracy_cli",
     "throughput": "lpd.bench.throughput_cli",
     "adapt": "lpd.bench.adapt_cli",
+    "batch": "lpd.bench.batch_scale",
 }
 
 
