@@ -50,12 +50,13 @@ def test_tiny_run_has_every_figure(tmp_path, capsys) -> None:
     """(a)-(c) in process; (d)'s child code is run here too (the real run spawns it: an
     interpreter importing torch costs tens of seconds on the shared cores)."""
     s = ThroughputSettings(threads=1, batch_size=2, tiles=4, rounds=2, backbone="resnet18",
+                           null=False,  # the null pipeline: test_throughput_quick.py
                            input_size=96, k=2, open_size=3000, open_repeats=2, rss=False,
                            workdir=tmp_path)
     r = run_throughput(s)
     check_report(r, 2, rss=False)
     text = format_report(r)
-    assert "ratio b/a" in text and "load average" in text and "open 3000 x 3000" in text
+    assert "end_to_end / raw_forward" in text and "load average" in text and "open 3000 x 3000" in text
     # the RSS child, on the 3000 px pyramid (1 s of it at level 2: 750 px, 24 x 24 tiles)
     model = _model(s)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model)

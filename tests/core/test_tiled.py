@@ -158,7 +158,7 @@ def test_cancel_stops_reader_and_resume_computes_only_the_rest(small_model, tmp_
     assert not any(t.name == "lpd-window-reader" for t in threading.enumerate())
     store = OutputStore.open(path)
     assert not store.complete
-    assert "(incomplete)" in store.group["labels"].attrs["ome"]["multiscales"][0]["name"]
+    assert "(incomplete)" in store.label_group.attrs["ome"]["multiscales"][0]["name"]
     finished = store.finished().copy()
     assert 3 <= finished.sum() < finished.size
     # the stopped run kept what it had computed: a resume computes only the rest, no

@@ -1,52 +1,64 @@
 """``lpd bench throughput``: whole-slide inference speed and memory, measured side by side.
 
-In one run, on one machine and one model (default: the default model's architecture with
-ImageNet weights and random prototypes; speed does not depend on training):
+Four figures in windows (forward passes of input size) per second, on one machine and one
+model (default: the default model's architecture with ImageNet weights and random
+prototypes; speed does not depend on training):
 
-(a) raw model forward throughput on an in-memory batch of input size made of the slide's
-    own windows, in predict_tiled's memory layout (channels-last; inference mode, same
-    batch size and torch threads, warm-up excluded), in forward passes per second;
-(b) end-to-end ``predict_tiled`` over a generated pyramidal slide of synthetic tissue,
-    written into a zarr store (planning, tissue detection, reading, blending, per-tile
-    labels, chunk writes, pyramid), in forward passes of input size per second (halo
-    included), so b/a compares like with like. (a) and (b) alternate, in alternating order
-    (b a, a b, b a, ...), so that load from other processes hits both alike; the ratio is
-    the median of the rounds'. Each round also gives the ratio per CPU second of this
-    process, nearly blind to other processes (and to idle cores);
-(c) time to open a 100,000 x 100,000 pyramidal TIFF (uniform content, written in seconds);
-(d) peak RSS of predict (one child process per run, so peaks don't mix) over a 20k x 20k
-    region and over the whole 100k x 100k slide, each at the level giving a bounded number
-    of tiles; tissue detection on, output store on disk.
+- ``decode_limit``: a plain thread pool of ``imagecodecs`` JPEG decodes of a generated
+  SVS-like slide's level (240 px JPEG tiles), as many threads as the pipeline decodes with
+  (``decode_threads``), in output tiles of new pixels per second
+  (``lpd.bench.throughput_decode``);
+- ``null_pipeline``: ``predict_tiled`` over that slide (thousands of windows) with a
+  forward pass that cycles a real model's outputs of real windows (cost about 0): what
+  reading, tissue test, blending, per-tile labels and writing allow; planning, store
+  creation and the pyramid reported apart; with its CPU milliseconds per window (process
+  CPU seconds over the loop / windows, and by thread; also into memory, without a store)
+  (``lpd.bench.throughput_null``);
+- ``raw_forward``: the model's forward throughput on an in-memory batch of input size made
+  of the slide's own windows, in predict_tiled's memory layout (channels-last; inference
+  mode, same batch size and torch threads, warm-up excluded);
+- ``end_to_end``: ``predict_tiled`` over a generated pyramidal slide of synthetic tissue
+  (about ``--tiles`` windows), written into a zarr store (planning, tissue detection,
+  reading, blending, per-tile labels, chunk writes, pyramid), so end_to_end / raw_forward
+  compares like with like. Raw and end-to-end alternate, in alternating order (b a, a b,
+  b a, ...), so that load from other processes hits both alike; the ratio is the median of
+  the rounds'. Each round also gives the ratio per CPU second of this process, nearly
+  blind to other processes (and to idle cores).
+
+Printed ratios: ``null_pipeline / decode_limit`` (goal >= 0.5) and ``end_to_end /
+raw_forward`` (target >= 0.85). Besides: (c) the time to open a 100,000 x 100,000
+pyramidal TIFF and (d) the peak RSS of predict over a 20k x 20k region and the whole
+slide (``lpd.bench.throughput_rss``). ``quick`` makes everything tiny (a test runs it).
 
 Thread layout: ``--threads`` torch threads (default: cores - 1, as ``lpd predict``) plus
-the one reader thread of ``predict_tiled``, which measured mostly idle (98 % of its time
-waiting for the model). Measured on 2 shared cores: OpenMP's default busy-waiting makes 2
-torch threads collapse under load (1.2 vs 3.8 passes/s for 1 thread);
-``OMP_WAIT_POLICY=PASSIVE`` (set by ``benchmarks/throughput.py``, recorded in the report)
-removes the collapse. The machine's load average is recorded before, per round and after:
-on a shared machine absolute figures are inflated, the interleaved ratio much less."""
+predict_tiled's reader thread and its ``decode_threads`` decoding threads (default: the
+usable cores), which wait while the model computes. Measured on 2 shared cores: OpenMP's
+default busy-waiting makes 2 torch threads collapse under load (1.2 vs 3.8 passes/s for 1
+thread); ``OMP_WAIT_POLICY=PASSIVE`` (set by ``benchmarks/throughput.py``, recorded in
+the report) removes the collapse. The machine's load average is recorded before, per
+round and after: on a shared machine absolute figures are inflated, the interleaved ratios
+much less."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HALO = 32
+from lpd.bench.throughput_rss import HALO, level_for, open_time, peak_rss, rss_child
+
 SYNTHETIC_SEED = 10  # a seed whose first 2000 px hold tissue (68 % at 1920 px) and glass
 TISSUE_SHARE = 0.7  # about the tissue share of that region (sizes the slide for --tiles)
-TARGETS = {"ratio": 0.85, "open_s": 0.2, "peak_rss_gib": 2.0}
+TARGETS = {"ratio": 0.85, "open_s": 0.2, "peak_rss_gib": 2.0, "null_cpu_ms": 2.0,
+           "null_over_decode": 0.5}
+FIGURES = ("decode_limit", "null_pipeline", "raw_forward", "end_to_end")  # windows/s
 
 
 @dataclass
@@ -69,7 +81,22 @@ class ThroughputSettings:
     rss_region: int = 20_000
     rss_max_tiles: int = 400  # per RSS run: the level is chosen to stay at or below this
     workdir: Path | None = None
+    decode_threads: int | None = None  # None: the usable cores (predict_tiled's default)
+    null: bool = True  # measure decode_limit and null_pipeline
+    null_windows: int = 3000  # about the windows of the null pipeline's slide
+    null_rounds: int = 3
+    null_cache: int = 16  # real windows whose outputs the null forward cycles
+    decode_repeats: int = 2
+    measure_open: bool = True  # measure (c) (and (d), which uses its slide)
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **kw) -> ThroughputSettings:
+        """Everything tiny: a test's run of the whole machinery (figures meaningless)."""
+        base = {"batch_size": 2, "tiles": 4, "rounds": 1, "open_size": 3000,
+                "open_repeats": 1, "rss": False, "null_windows": 24, "null_rounds": 1,
+                "null_cache": 2, "decode_repeats": 1}
+        return cls(**{**base, **kw})
 
 
 def _model(s: ThroughputSettings):
@@ -158,7 +185,9 @@ def _sync(dev) -> None:
 
 
 def end_to_end(model, slide, store: Path, batch_size: int, **kwargs) -> dict:
-    """``predict_tiled`` into a new store at ``store``, timed from the call to completion."""
+    """``predict_tiled`` into a new store at ``store``, timed from the call to completion
+    (with a digest of its labels, taken after the timing)."""
+    from lpd.bench.throughput_null import labels_digest
     from lpd.infer.tiled import predict_tiled, run_tiled
 
     shutil.rmtree(store, ignore_errors=True)
@@ -173,103 +202,13 @@ def end_to_end(model, slide, store: Path, batch_size: int, **kwargs) -> dict:
            "passes_per_s": res.forward_passes / seconds, "cpu_seconds": cpu,
            "passes_per_cpu_s": res.forward_passes / max(cpu, 1e-9), "tiles": gy * gx,
            "tiles_skipped": res.tiles_skipped, "shape": list(res.plan.shape),
-           "level": res.plan.level, "complete": bool(res.store and res.store.complete)}
+           "level": res.plan.level, "complete": bool(res.store and res.store.complete),
+           "labels_sha256": labels_digest(res.store.labels)}
     shutil.rmtree(store, ignore_errors=True)
     return out
 
 
-def open_time(path: Path, repeats: int) -> dict:
-    """Seconds to open a slide (first and median of ``repeats`` fresh opens)."""
-    from lpd.wsi.slide import open_slide
-
-    times, shape, levels = [], None, 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        slide = open_slide(path)
-        times.append(time.perf_counter() - t0)
-        shape, levels = list(slide.shape), len(slide.levels)
-        slide.close()
-    return {"shape": shape, "levels": levels, "seconds_first": times[0],
-            "seconds_median": statistics.median(times), "seconds_all": times}
-
-
-def level_for(side: int, downsamples: list[float], tile: int, max_tiles: int) -> int:
-    """The finest level at which a ``side``-px square region holds at most ``max_tiles``."""
-    for lv, d in enumerate(downsamples):
-        if math.ceil(side / d / tile) ** 2 <= max_tiles:
-            return lv
-    return len(downsamples) - 1
-
-
-def peak_rss(checkpoint: Path, slide: Path, region: list[int] | None, level: int,
-             store: Path, threads: int, batch_size: int, device: str = "cpu") -> dict:
-    """Run one prediction in a child process and return its figures (peak RSS included)."""
-    spec = {"checkpoint": str(checkpoint), "slide": str(slide), "region": region,
-            "level": level, "store": str(store), "threads": threads, "batch_size": batch_size,
-            "device": device}
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    code = "import sys; from lpd.bench.throughput import rss_child; rss_child(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env,
-                          capture_output=True, text=True, check=False)
-    shutil.rmtree(store, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"RSS child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def rss_child(spec_json: str) -> None:
-    """Child of ``peak_rss``: load, predict, print JSON (RSS in bytes)."""
-    import resource
-
-    import torch
-
-    from lpd.infer.tiled import predict_tiled, run_tiled
-    from lpd.io.checkpoint import load_checkpoint
-    from lpd.wsi.slide import open_slide
-
-    spec = json.loads(spec_json)
-    torch.set_num_threads(spec["threads"])
-    device = spec.get("device", "cpu")
-    model = load_checkpoint(spec["checkpoint"], device)
-    # /proc's VmHWM where there is one: ru_maxrss is updated lazily and can lag VmRSS
-    before = _proc_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    current = _proc_status("VmRSS") or before
-    # Linux: "5" resets the peak (VmHWM), so the predict's own peak can be read apart from
-    # the transient peak of loading the checkpoint
-    reset = False
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    t0 = time.perf_counter()
-    with open_slide(spec["slide"]) as slide:
-        res = run_tiled(predict_tiled(model, slide, region=spec["region"], level=spec["level"],
-                                      store=spec["store"], batch_size=spec["batch_size"],
-                                      halo=HALO, device=device, resume=False))
-    predict_peak = _proc_status("VmHWM") if reset else None
-    peak = max(before, predict_peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    gy, gx = res.plan.grid
-    store_bytes = sum(f.stat().st_size for f in Path(spec["store"]).rglob("*") if f.is_file())
-    print(json.dumps({
-        "region": spec["region"], "level": spec["level"], "shape": list(res.plan.shape),
-        "tiles": gy * gx, "passes": res.forward_passes, "tiles_skipped": res.tiles_skipped,
-        "seconds": time.perf_counter() - t0, "rss_after_model_bytes": current,
-        "peak_rss_loading_bytes": before, "peak_rss_predict_bytes": predict_peak,
-        "peak_rss_bytes": peak, "peak_rss_gib": peak / 2**30, "store_bytes": store_bytes,
-    }))
-
-
-def _proc_status(field: str) -> int | None:
-    """A memory figure of /proc/self/status in bytes (None where there is none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def machine_info(threads: int, device: str = "cpu") -> dict:
+def machine_info(threads: int, device: str = "cpu", decode_threads: int | None = None) -> dict:
     import torch
 
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
@@ -277,14 +216,38 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
         "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
         "torch": torch.__version__, "device": device, "gpu": gpu, "torch_threads": threads,
         "interop_threads": torch.get_num_interop_threads(),
-        "reader_threads": 1, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "reader_threads": 1, "decode_threads": decode_threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
     }
 
 
+def loadavg() -> str:
+    """``/proc/loadavg`` (load averages, running/total tasks), or os.getloadavg()."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = None) -> dict:
-    """Measure (a)-(d) (see the module docstring) and return the report (JSON-able)."""
+    """Measure the four figures, (c) and (d) (see the module docstring).
+
+    Parameters
+    ----------
+    s : ThroughputSettings
+        What to measure (``ThroughputSettings.quick()``: everything tiny).
+    log : callable, optional
+        Called with a line of progress text.
+
+    Returns
+    -------
+    dict
+        The JSON-able report: ``figures`` (windows/s of ``FIGURES``), ``ratios``,
+        ``null_cpu_ms_per_window``, the rounds behind them, ``open``, ``rss``, the machine,
+        load averages and ``met`` (``TARGETS``).
+    """
     import torch
 
     from lpd.batch import default_threads
@@ -292,11 +255,14 @@ def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = No
     say = log or (lambda msg: None)
     if s.threads is None:
         s.threads = default_threads()
+    if s.decode_threads is None:
+        s.decode_threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(s.threads)
     report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v)
                                  for k, v in asdict(s).items()},
-                    "load_before": list(os.getloadavg()), "targets": TARGETS}
-    report["machine"] = machine_info(s.threads, s.device)
+                    "load_before": list(os.getloadavg()), "loadavg_before": loadavg(),
+                    "targets": TARGETS}
+    report["machine"] = machine_info(s.threads, s.device, s.decode_threads)
     model = _model(s).to(s.device)
     cfg = model.config
     report["model"] = {"backbone": cfg.backbone, "input_size": cfg.input_size,
@@ -306,22 +272,50 @@ def run_throughput(s: ThroughputSettings, log: Callable[[str], None] | None = No
     work = Path(tempfile.mkdtemp(prefix="lpd-bench-")) if own_dir else Path(s.workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        report.update(_measure_pipeline(s, model, work, say))  # (a) + (b), interleaved
-        big = work / f"constant-{s.open_size}.tiff"
-        report["open"] = _measure_open(s, big, say)  # (c)
-        if s.rss:  # (d) peak RSS, one child per run
-            report["rss"] = _measure_rss(s, model, big, work, say)
+        _measure_all(s, model, work, say, report)
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
     report["load_after"] = list(os.getloadavg())
-    report["met"] = {
-        "ratio": report["ratio"] >= TARGETS["ratio"],
-        "open_s": report["open"]["seconds_median"] < TARGETS["open_s"],
-        **({"peak_rss_gib": max(v["peak_rss_gib"] for v in report["rss"].values())
-            <= TARGETS["peak_rss_gib"]} if "rss" in report else {}),
-    }
+    report["loadavg_after"] = loadavg()
+    report.update(_summary(report))
     return report
+
+
+def _measure_all(s: ThroughputSettings, model, work: Path, say: Callable[[str], None],
+                 report: dict) -> None:
+    """The measurements, in order: decode limit and null pipeline, raw forward and
+    end-to-end (interleaved), open time, peak RSS."""
+    from lpd.bench.throughput_null import measure_null
+    from lpd.bench.throughput_rss import measure_open, measure_rss
+
+    if s.null:
+        report.update(measure_null(s, model, work, say))
+    report.update(_measure_pipeline(s, model, work, say))  # raw + end-to-end, interleaved
+    big = work / f"constant-{s.open_size}.tiff"
+    if s.measure_open:
+        report["open"] = measure_open(s, big, say)  # (c)
+        if s.rss:  # (d) peak RSS, one child per run
+            report["rss"] = measure_rss(s, model, big, work, say)
+
+
+def _summary(r: dict) -> dict:
+    """The four figures, the ratios and the targets met, from a report's measurements."""
+    figures = {"raw_forward": r["raw_passes_per_s"], "end_to_end": r["end_to_end_passes_per_s"]}
+    ratios = {"end_to_end/raw_forward": r["ratio"]}
+    met = {"ratio": r["ratio"] >= TARGETS["ratio"]}
+    if "null_rounds" in r:
+        figures = {"decode_limit": r["decode_limit_windows_per_s"],
+                   "null_pipeline": r["null_pipeline_windows_per_s"], **figures}
+        ratios = {"null_pipeline/decode_limit": r["null_over_decode"], **ratios}
+        met["null_cpu_ms"] = r["null_cpu_ms_per_window"] <= TARGETS["null_cpu_ms"]
+        met["null_over_decode"] = r["null_over_decode"] >= TARGETS["null_over_decode"]
+    if "open" in r:
+        met["open_s"] = r["open"]["seconds_median"] < TARGETS["open_s"]
+    if "rss" in r:
+        peak = max(v["peak_rss_gib"] for v in r["rss"].values())
+        met["peak_rss_gib"] = peak <= TARGETS["peak_rss_gib"]
+    return {"figures": figures, "ratios": ratios, "met": met}
 
 
 def _measure_pipeline(s: ThroughputSettings, model, work: Path,
@@ -363,7 +357,8 @@ def _measure_pipeline(s: ThroughputSettings, model, work: Path,
         "cpu_ratio": statistics.median(x["cpu_ratio"] for x in rounds),
         "end_to_end_slide": {"side": side, "seed": SYNTHETIC_SEED, "mpp": 0.5,
                              "passes": rounds[-1]["end_to_end"]["passes"],
-                             "tiles": rounds[-1]["end_to_end"]["tiles"]},
+                             "tiles": rounds[-1]["end_to_end"]["tiles"],
+                             "labels_sha256": rounds[-1]["end_to_end"]["labels_sha256"]},
     }
 
 
@@ -384,34 +379,7 @@ def _round(model, slide, batch, store: Path, batch_size: int, r: int, passes: in
             "load": os.getloadavg()[0]}
 
 
-def _measure_open(s: ThroughputSettings, big: Path, say: Callable[[str], None]) -> dict:
-    """(c) write an ``s.open_size`` px square pyramid at ``big`` and time opening it."""
-    from lpd.data.pyramid import write_synthetic_pyramid
-
-    say(f"writing a {s.open_size} x {s.open_size} pyramid (uniform content)")
-    t0 = time.perf_counter()
-    write_synthetic_pyramid(big, (s.open_size, s.open_size), content="constant", mpp=0.5)
-    out = {"write_seconds": time.perf_counter() - t0, **open_time(big, s.open_repeats)}
-    say(f"open: {out['seconds_median'] * 1000:.1f} ms (median)")
-    return out
 
 
-def _measure_rss(s: ThroughputSettings, model, big: Path, work: Path,
-                 say: Callable[[str], None]) -> dict:
-    """(d) peak RSS of predicting a region and the whole of ``big``, one child each."""
-    from lpd.io.checkpoint import save_checkpoint
-    from lpd.wsi.slide import open_slide
-
-    tile = model.config.input_size - 2 * HALO
-    ckpt = save_checkpoint(work / "bench-model.safetensors", model)
-    with open_slide(big) as slide:
-        downs = list(slide.downsamples)
-    side_r = min(s.rss_region, s.open_size)
-    runs = {"region": ([0, 0, side_r, side_r], side_r), "slide": (None, s.open_size)}
-    out = {}
-    for name, (region, length) in runs.items():
-        lv = level_for(length, downs, tile, s.rss_max_tiles)
-        say(f"peak RSS: {name} ({length} px side) at level {lv}")
-        out[name] = peak_rss(ckpt, big, region, lv, work / f"rss-{name}.zarr", s.threads,
-                             s.batch_size, s.device)
-    return out
+__all__ = ["FIGURES", "HALO", "TARGETS", "ThroughputSettings", "end_to_end", "level_for",
+           "open_time", "peak_rss", "raw_forward", "rss_child", "run_throughput", "slide_batch"]

@@ -18,7 +18,14 @@ the same zero padding there), and never below ``lpd.tiling.WEIGHT_FLOOR``
 The per-tile step (``labels_from_scores``) runs per window on its blended maps clipped to the
 region; only the part of its own tile(s) is computed, with the window-wide statistics (min,
 max, presence) taken over the whole window, so the labels equal ``labels_from_scores`` on the
-window, cropped (a test checks it)."""
+window, cropped (a test checks it).
+
+Batches: a batch's maps are added window by window in grid order on the CPU (the same sums,
+bit for bit, whatever the batches), in groups of windows whose cells do not overlap on a
+GPU (``index_add_``: a few operations per batch, deterministic). Windows of one geometry
+are finalised together: their crops of the band stacked, the upsampling written into a
+reused buffer, the per-tile step as tensor operations on the blender's device; only
+the uint8 labels come back to the host."""
 
 from __future__ import annotations
 
@@ -29,49 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lpd.infer._band import RowAccumulator, disjoint_groups
 from lpd.infer.patch import predicted_presence
 from lpd.tiling import AxisGrid
-
-
-class RowAccumulator:
-    """Sum of weighted maps and of weights on a cell grid, for a rolling band of rows."""
-
-    def __init__(self, channels: int, width: int, device: torch.device) -> None:
-        self.buf = torch.zeros((channels + 1, 0, width), device=device)
-        self.base = 0  # grid row of buf row 0
-
-    def add(self, y: int, x: int, values: torch.Tensor, weights: torch.Tensor) -> None:
-        if y < self.base:
-            raise RuntimeError(f"row {y} was already released (band starts at {self.base})")
-        end = y + values.shape[-2]
-        missing = end - (self.base + self.buf.shape[1])
-        if missing > 0:
-            extra = self.buf.new_zeros((self.buf.shape[0], missing, self.buf.shape[2]))
-            self.buf = torch.cat([self.buf, extra], dim=1)
-        view = self.buf[:, y - self.base : end - self.base, x : x + values.shape[-1]]
-        view[:-1] += values * weights
-        view[-1] += weights
-
-    def release_before(self, row: int) -> None:
-        drop = min(max(row - self.base, 0), self.buf.shape[1])
-        if drop:
-            self.buf = self.buf[:, drop:].clone()  # clone frees the dropped rows
-            self.base += drop
-
-    def raw(self, y0: int, y1: int, x0: int, x1: int, rows: int, cols: int) -> torch.Tensor:
-        """Sums and weights (C + 1, ...) over cells [y0-1, y1+1) x [x0-1, x1+1): one margin
-        cell for interpolation; margin cells outside the grid (rows x cols) or the band
-        come back with weight 0 (``blend`` then clamps)."""
-        b = self.base
-        ya, yb = max(y0 - 1, 0, b), min(y1 + 1, rows, b + self.buf.shape[1])
-        xa, xb = max(x0 - 1, 0), min(x1 + 1, cols)
-        if (ya, yb, xa, xb) == (y0 - 1, y1 + 1, x0 - 1, x1 + 1):
-            return self.buf[:, ya - b : yb - b, xa:xb]
-        out = self.buf.new_zeros((self.buf.shape[0], y1 - y0 + 2, x1 - x0 + 2))
-        out[:, ya - y0 + 1 : yb - y0 + 1, xa - x0 + 1 : xb - x0 + 1] = self.buf[
-            :, ya - b : yb - b, xa:xb
-        ]
-        return out
 
 
 def blend(raw: torch.Tensor) -> torch.Tensor:
@@ -116,17 +83,34 @@ def labels_on_part(
     """``labels_from_scores`` on part of a window, given the window's per-(scale, class)
     min ``lo`` and max ``hi`` (B, S, C) of the raw scores. Same arithmetic, folded into
     ``fused = sum_s a_s * relu(x_s) + b`` (agrees to float rounding; a test checks it).
-    ``part`` (B, S, C, h, w) is overwritten."""
+    ``part`` (B, S, C, h, w), any memory layout, is overwritten. The operations, their
+    order and their operands' shapes are fixed: the labels are bit for bit those of
+    earlier versions (a test checks it against the plain formulation)."""
     presence = presence.bool()
     weights = torch.tensor(fusion_weights, dtype=part.dtype, device=part.device)
     scale = weights[None, :, None] / weights.sum() / (hi.relu() - lo.relu()).clamp_min(1e-6)
     scale = scale * presence[:, None, :]  # (B, S, C)
     offset = -(scale * lo.relu()).sum(dim=1)  # (B, C)
     offset = offset.masked_fill(~presence, -1.0)  # absent classes: candidate -1, as there
-    fused = (part.relu_() * scale[..., None, None]).sum(dim=1) + offset[..., None, None]
-    best, index = fused.max(dim=1)
+    part.relu_().mul_(scale[..., None, None])
+    # the sum over scales, in the order sum(dim=1) adds them (bit for bit its result)
+    fused = part[:, 0] + part[:, 1] if part.shape[1] > 1 else part[:, 0].clone()
+    for k in range(2, part.shape[1]):
+        fused += part[:, k]
+    best = fused.add_(offset[..., None, None]).amax(dim=1)
     background = (1 - best.clamp_min(0)) ** background_power
-    return torch.where(best > background, index + 1, 0).to(torch.uint8)
+    return torch.where(best > background, first_max(fused, best) + 1, 0).to(torch.uint8)
+
+
+def first_max(values: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """The index along dim 1 of the first of ``values`` (B, C, ...) equal to ``best``
+    (their maximum, ``amax``), as uint8: what ``max(dim=1)`` returns, without its slow
+    path (the first equal class gets the largest of the weights C, C - 1, ..., 1)."""
+    count = values.shape[1]
+    shape = (1, count) + (1,) * (values.dim() - 2)
+    weights = torch.arange(count, 0, -1, dtype=torch.uint8, device=values.device).view(shape)
+    equal = (values == best[:, None]).view(torch.uint8)
+    return count - (equal * weights).amax(dim=1)
 
 
 @dataclass
@@ -157,8 +141,12 @@ class ScoreBlender:
         presence_threshold: float,
         presence: torch.Tensor | None = None,
         keep_scores: bool = False,
+        ordered: bool | None = None,
     ) -> None:
         self.gy, self.gx = gy, gx
+        # ordered: windows' maps added one by one in grid order (the CPU: bit for bit the
+        # same sums whatever the batches); else in groups of disjoint windows (GPU)
+        self.ordered = device.type != "cuda" if ordered is None else ordered
         self.strides, self.cells = list(strides), list(cells)
         self.device = device
         self.fusion_weights = tuple(fusion_weights)
@@ -175,6 +163,7 @@ class ScoreBlender:
         self.computed: set[tuple[int, int]] = set()
         self._weights: dict[tuple, torch.Tensor] = {}
         self._interp: dict[tuple, torch.Tensor] = {}
+        self._work: dict[tuple, torch.Tensor] = {}
 
     def add(self, r: int, c: int, cams: Sequence[torch.Tensor]) -> None:
         """Class maps of window (r, c), one (C, n_s, n_s) per fused scale."""
@@ -182,6 +171,29 @@ class ScoreBlender:
             s = self.strides[k]
             acc.add(self._cy(r, s), self._cx(c, s), m.float(), self._weight(k, r, c))
         self.computed.add((r, c))
+
+    def add_batch(self, windows: Sequence[tuple[int, int]], cams: Sequence[torch.Tensor]) -> None:
+        """Class maps of a batch of windows ``(r, c)``, one (B, C, n_s, n_s) per fused scale:
+        one by one in order (``ordered``), or per scale in a few operations, one per group
+        of windows whose cells do not overlap (``disjoint_groups``)."""
+        if self.ordered:
+            for b, (r, c) in enumerate(windows):
+                self.add(r, c, [m[b] for m in cams])
+            return
+        for members in disjoint_groups(windows, self._extent):
+            pick = torch.as_tensor(members, device=self.device)
+            rc = [windows[b] for b in members]
+            for k, (acc, m) in enumerate(zip(self.acc, cams, strict=True)):
+                s = self.strides[k]
+                weights = torch.stack([self._weight(k, r, c) for r, c in rc])
+                acc.add_disjoint([self._cy(r, s) for r, _ in rc], [self._cx(c, s) for _, c in rc],
+                                 m.index_select(0, pick).float(), weights)
+        self.computed.update(windows)
+
+    def _extent(self, r: int, c: int) -> tuple[int, int, int, int]:
+        """Window (r, c)'s pixels (y0, y1, x0, x1) on the cell grids' origin."""
+        y0, x0 = self.gy.starts[r] + self.oy, self.gx.starts[c] + self.ox
+        return y0, y0 + self.gy.size, x0, x0 + self.gx.size
 
     def _cy(self, r: int, stride: int) -> int:
         """Cell row (at ``stride``) of window row ``r``'s first cell."""
@@ -216,42 +228,62 @@ class ScoreBlender:
 
     def finalise(self, windows: Sequence[tuple[int, int]]) -> list[WindowLabels]:
         """Labels of the given windows (all their neighbours must have been added),
-        batched over windows of the same geometry."""
+        batched over windows of the same geometry: one set of tensor operations per
+        group on the blender's device; uint8 labels come back."""
         groups: dict[tuple, list[tuple[int, int]]] = {}
         for r, c in windows:
             groups.setdefault(self._geometry(r, c), []).append((r, c))
         out: list[WindowLabels] = []
-        for (vh, vw, py0, py1, px0, px1), members in groups.items():
-            parts, los, his, means = [], [], [], None
-            for k, acc in enumerate(self.acc):
-                s, n = self.strides[k], self.cells[k]
-                g = blend(torch.stack([
-                    acc.raw(self._cy(r, s), self._cy(r, s) + n,
-                            self._cx(c, s), self._cx(c, s) + n, *self.grid[k])
-                    for r, c in members
-                ]))  # (B, C, n + 2, n + 2)
-                ay, ax = self._matrix(k, 0, vh), self._matrix(k, 0, vw)
-                parts.append(ay[py0:py1] @ g @ ax[px0:px1].T)
-                ey, ex = self._extremes(k, vh), self._extremes(k, vw)
-                samples = (ay[ey] @ g @ ax[ex].T).flatten(2)
-                los.append(samples.min(dim=2).values)
-                his.append(samples.max(dim=2).values)
-                if k == len(self.acc) - 1:  # presence: mean of the deepest map over the window
-                    means = (ay.mean(dim=0) @ g @ ax.mean(dim=0)[:, None])[..., 0]
-            part = torch.stack(parts, dim=1)  # (B, S, C, ph, pw)
-            kept = part.cpu().numpy().copy() if self.keep_scores else None
-            presence = self.presence
-            if presence is None:
-                presence = predicted_presence(means[:, None, :, None, None],
-                                              self.presence_threshold)
-            else:
-                presence = presence.expand(len(members), -1)
-            labels = labels_on_part(part, torch.stack(los, 1), torch.stack(his, 1), presence,
-                                    self.fusion_weights, self.background_power).cpu().numpy()
+        for geometry, members in groups.items():
+            _, _, py0, _, px0, _ = geometry
+            labels, kept = self._finalise_group(geometry, members)
             for b, (r, c) in enumerate(members):
                 out.append(WindowLabels(r, c, self.gy.starts[r] + py0, self.gx.starts[c] + px0,
                                         labels[b], None if kept is None else kept[b]))
         return out
+
+    def _finalise_group(self, geometry: tuple[int, ...], members: list[tuple[int, int]]
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (B, ph, pw) uint8 (and scores (B, S, C, ph, pw) when kept) of windows of
+        one geometry. The upsampled maps are written into a reused (S, B, C, ph, pw) buffer
+        (the same matrix products as a stack of them, without the copy)."""
+        vh, vw, py0, py1, px0, px1 = geometry
+        count, channels = len(members), self.acc[0].buf.shape[0] - 1
+        part = self._buffer(("part", len(self.acc), count, channels, py1 - py0, px1 - px0))
+        los, his, means = [], [], None
+        for k, acc in enumerate(self.acc):
+            s, n = self.strides[k], self.cells[k]
+            g = blend(torch.stack([  # (B, C, n + 2, n + 2); views of the band, one copy
+                acc.raw(self._cy(r, s), self._cy(r, s) + n, self._cx(c, s), self._cx(c, s) + n,
+                        *self.grid[k]) for r, c in members]))
+            ay, ax = self._matrix(k, 0, vh), self._matrix(k, 0, vw)
+            rows = self._buffer(("rows", count, channels, py1 - py0, n + 2))
+            torch.matmul(ay[py0:py1], g, out=rows)
+            torch.matmul(rows, ax[px0:px1].T, out=part[k])
+            ey, ex = self._extremes(k, vh), self._extremes(k, vw)
+            samples = (ay[ey] @ g @ ax[ex].T).flatten(2)
+            los.append(samples.min(dim=2).values)
+            his.append(samples.max(dim=2).values)
+            if k == len(self.acc) - 1:  # presence: mean of the deepest map over the window
+                means = (ay.mean(dim=0) @ g @ ax.mean(dim=0)[:, None])[..., 0]
+        part = part.transpose(0, 1)  # (B, S, C, ph, pw), a view
+        kept = part.cpu().numpy().copy() if self.keep_scores else None
+        presence = self.presence
+        if presence is None:
+            presence = predicted_presence(means[:, None, :, None, None], self.presence_threshold)
+        else:
+            presence = presence.expand(count, -1)
+        labels = labels_on_part(part, torch.stack(los, 1), torch.stack(his, 1), presence,
+                                self.fusion_weights, self.background_power)
+        return labels.cpu().numpy(), kept
+
+    def _buffer(self, key: tuple) -> torch.Tensor:
+        """A float32 work tensor of shape ``key[1:]``, reused from call to call."""
+        if key not in self._work:
+            if len(self._work) > 16:  # border geometries come and go
+                self._work.clear()
+            self._work[key] = torch.empty(key[1:], dtype=torch.float32, device=self.device)
+        return self._work[key]
 
     def _extremes(self, k: int, length: int) -> torch.Tensor:
         key = ("extremes", k, length)

@@ -1,10 +1,13 @@
 """Where tiled inference puts its tiles (memory or an ``OutputStore``), resume checks, and
-prototype-cell bookkeeping."""
+prototype-cell bookkeeping. A store is written by ``StoreWriter``'s thread, so compressing
+and writing a chunk never stalls the loop."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,64 @@ class MemorySink:
         if protos is not None and self.prototypes is not None:
             u0, v0 = cell_start(y0, self.stride), cell_start(x0, self.stride)
             self.prototypes[:, u0 : u0 + protos.shape[1], v0 : v0 + protos.shape[2]] = protos
+
+
+class StoreWriter:
+    """Hands tiles to an ``OutputStore`` in a background thread, in the order given.
+
+    ``finished()`` is the store's finished chunks as of the last write done here (it may lag
+    behind the tiles handed over: a caller deciding what to keep for a resume keeps more).
+    ``flush()`` waits until every tile handed over is in the store; an error of the thread
+    is raised by the next ``put_tile`` or ``flush``. Tiles' arrays must not change once
+    handed over."""
+
+    def __init__(self, store: OutputStore, depth: int = 1024) -> None:
+        self.store = store
+        self._finished = store.finished().copy()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lpd-store-writer", daemon=True)
+        self._thread.start()
+
+    def put_tile(self, i: int, j: int, labels: np.ndarray | None,
+                 protos: np.ndarray | None) -> None:
+        self._raise()
+        self._queue.put((i, j, labels, protos))
+
+    def finished(self) -> np.ndarray:
+        return self._finished
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Write what was handed over, then end the thread (errors are raised)."""
+        if self._thread.is_alive():
+            self._queue.join()
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:  # after an error: drain, write nothing more
+                    i, j, labels, protos = item
+                    if self.store.put_tile(i, j, labels, protos):
+                        self._finished[self.store.chunk_of_tile(i, j)] = True
+            except BaseException as exc:  # raised in the caller's thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
 
 
 def open_sink(

@@ -13,7 +13,6 @@ window's blending is complete.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,20 +88,6 @@ def dilate(mask: np.ndarray, nb_y: list[range], nb_x: list[range]) -> np.ndarray
     hi_x = np.array([r[-1] + 1 for r in nb_x])
     total = (sat[hi_y][:, hi_x] - sat[lo_y][:, hi_x] - sat[hi_y][:, lo_x] + sat[lo_y][:, lo_x])
     return total > 0
-
-
-def segments(run: np.ndarray, columns: int, size: int) -> Iterator[list[int]]:
-    """Runs of adjacent windows of ``run`` in one grid row (``columns`` windows a row), at
-    most ``size`` long: what the reader reads with one bounding-box read."""
-    out: list[int] = []
-    for index in run.tolist():
-        if out and (index != out[-1] + 1 or index // columns != out[-1] // columns
-                    or len(out) == size):
-            yield out
-            out = []
-        out.append(index)
-    if out:
-        yield out
 
 
 class FinaliseOrder:

@@ -52,6 +52,12 @@ class RegionSource:
         b0, b1 = self.bounds[2 * axis], self.bounds[2 * axis + 1]
         return b0, b1, round((b0 - o) * self.resize), round((b1 - o) * self.resize)
 
+    def data_span(self, axis: int) -> tuple[int, int]:
+        """Output px ``[start, end)`` of the readable data along ``axis`` (0: y, 1: x):
+        reads past it are reflect-padded."""
+        _, _, o0, o1 = self._limits(axis)
+        return o0, o1
+
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Output pixels [y0, y1) x [x0, x1) (reflect-padded past the readable data)."""
         by0, by1, oy0, oy1 = self._limits(0)
