@@ -428,3 +428,9 @@ def test_a_polygon_roi_labels_nothing_outside_it(small_model) -> None:
     assert (roi.labels[~inside] == 0).all() and inside.mean() > 0.2
     assert np.array_equal(roi.labels[inside], plain.labels[inside])
     assert count.n < plain.forward_passes  # the tiles beyond the triangle's edge
+    # the same triangle as a shapely polygon (e.g. a QuPath annotation): the same labels
+    from shapely.geometry import Polygon
+
+    shaped = run_tiled(predict(small_model, image, region=(20, 30, 280, 250),
+                               roi=Polygon(tri), **kw))
+    assert np.array_equal(shaped.labels, roi.labels)

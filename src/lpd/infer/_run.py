@@ -25,7 +25,7 @@ from lpd.infer._blend import ScoreBlender, WindowLabels
 from lpd.infer._forward import ModelInput, autocast, forward_maps
 from lpd.infer._plan import TilePlan, tissue_fractions
 from lpd.infer._reader import WindowBatch, WindowReader
-from lpd.infer._roi import inside, roi_polygon, tiles_touching
+from lpd.infer._roi import inside, roi_key, roi_polygon, tiles_touching
 from lpd.infer._sink import (
     StoreWriter,
     drop_resume_state,
@@ -122,13 +122,13 @@ class RunSettings:
             raise InputError(None, f"presence needs {num_classes} values (one per class), "
                              f"got {len(self.presence)}")
 
-    def fingerprint(self, roi: Sequence[Sequence[float]] | np.ndarray | None) -> dict:
+    def fingerprint(self, roi: object | None) -> dict:
         """The settings part of a store's fingerprint (a rerun resumes only when equal)."""
         presence = self.presence
         out: dict = {"tissue_threshold": self.tissue_threshold, "protocol": self.protocol,
                      "presence": None if presence is None else [bool(v) for v in presence]}
         if roi is not None:
-            out["roi"] = [[round(float(x), 3), round(float(y), 3)] for x, y in roi]
+            out["roi"] = roi_key(roi)
         return out
 
 
