@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers_processes import alive
 
 from lpd._processes import ChildWatch
 from lpd.batch import BatchOptions, run_batch
@@ -41,17 +42,6 @@ def fast_checkpoint(tmp_path_factory) -> Path:
         model = create_model("test_efficientnet", prototypes_per_class=2, input_size=128,
                              microns_per_pixel=0.5)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "fast.safetensors", model)
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
 
 
 def _single_process(checkpoint: Path, slides: list[Path], batch_size: int) -> dict:
@@ -98,8 +88,8 @@ def test_slide_of_a_killed_worker_is_retried_and_resumes(tmp_path, fast_checkpoi
                        on_event=on_event)
 
     # nothing left: the cluster's processes (the killed worker's restart included) are gone
-    _gone, alive = psutil.wait_procs(_alive(watch.new()), timeout=10)
-    assert not _alive(alive), [(p.pid, p.cmdline()[:3]) for p in alive]
+    _gone, left = psutil.wait_procs(alive(watch.new()), timeout=10)
+    assert not alive(left), [(p.pid, p.cmdline()[:3]) for p in left]
 
     assert killed, "no tiles event came with a finished chunk in the store"
     assert report.counts == {"done": 4, "skipped": 0, "failed": 0, "pending": 0}

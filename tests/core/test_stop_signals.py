@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers_processes import alive
 
 from lpd.data.pyramid import write_synthetic_pyramid
 
@@ -23,17 +24,6 @@ def _tree(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
 
 
 def _default_sigint() -> None:
@@ -61,16 +51,16 @@ def _stop_and_check(args: list[str], workers: int, sig: int, tmp_path: Path) -> 
         t0 = time.monotonic()
         proc.send_signal(sig)
         code = proc.wait(timeout=60)
-        left = _alive(seen + _tree(proc.pid))
+        left = alive(seen + _tree(proc.pid))
         while left and time.monotonic() - t0 < 10:
             time.sleep(0.2)
-            left = _alive(left)
+            left = alive(left)
         assert not left, f"left running: {[(p.pid, p.cmdline()[:3]) for p in left]}"
         return code
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for p in _alive(_tree(proc.pid)):
+        for p in alive(_tree(proc.pid)):
             p.kill()
         log.close()
 

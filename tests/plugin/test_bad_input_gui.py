@@ -10,7 +10,7 @@ import pytest
 from helpers_segment import tiny_checkpoint, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.utils.notifications import NotificationSeverity
 from safetensors.torch import load_file, save_file
 
 from lpd.data.sample import CMU_SLIDE
@@ -20,14 +20,6 @@ from napari_lpd.widgets.segment import SegmentWidget
 
 pytestmark = pytest.mark.usefixtures("isolated_one_thread")
 
-
-@pytest.fixture
-def records():
-    """Notifications shown while the test runs."""
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def _broken(kind: str, tmp_path):

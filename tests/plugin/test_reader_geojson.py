@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 from napari.layers import Shapes
-from napari.utils.notifications import notification_manager
 from shapely.geometry import Polygon
 
 from lpd.classes import CLASS_COLOURS
@@ -37,13 +36,6 @@ def collection() -> dict:
          "properties": {"classification": {"names": ["LYM"]}}},
     ]}
 
-
-@pytest.fixture
-def records():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 def test_geojson_opens_as_shapes_on_its_slide(make_napari_viewer, tmp_path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 from PIL import Image as PILImage
 from shapely.geometry import Polygon
 
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.gui
 OUTER = [[20, 20], [200, 30], [190, 170], [30, 160], [20, 20]]  # (x, y)
 HOLE = [[80, 70], [120, 70], [120, 110], [80, 110], [80, 70]]
 
-
-@pytest.fixture
-def records():
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
 
 
 @pytest.fixture
