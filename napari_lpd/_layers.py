@@ -23,6 +23,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from lpd.classes import CLASS_COLOURS, CLASS_NAMES
 from lpd.wsi.levels import Pyramid
+from lpd.wsi.slide import reader_summary
 from napari_lpd._metadata import LayerMeta
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -215,8 +216,8 @@ def slide_layer(slide: Any, name: str | None = None) -> LayerData:
         "multiscale": len(levels) > 1,
         "scale": (unit, unit),
         "units": units_of(mpp),
-        "metadata": LayerMeta(path=str(slide.path), mpp=mpp,
-                              mpp_source=slide.mpp_source).to_metadata(),
+        "metadata": LayerMeta(path=str(slide.path), mpp=mpp, mpp_source=slide.mpp_source,
+                              reader=reader_summary(slide)).to_metadata(),
     }
     return (levels if len(levels) > 1 else levels[0]), meta, "image"
 

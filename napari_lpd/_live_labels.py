@@ -1,8 +1,9 @@
 """The Labels layer a segmentation run paints into, from the Run click to the result.
 
-Opened at the click (always a new layer: finished results stay until the user removes
-them, so a view and the whole image, or a model before and after fine-tuning, can be
-compared; its name says the scope and the model), sized when the job's plan arrives,
+Opened right after the click, before the job starts (always a new layer: finished results
+stay until the user removes them, so a view and the whole image, or a model before and
+after fine-tuning, can be compared; its name says the scope and the model), sized when
+the job's plan arrives,
 painted once per throttled update, and at the end turned into the result in place - or,
 after a cancel or an error, removed (only this run's layer), so nothing half-done stays on
 screen looking like a result. Every layer
@@ -44,8 +45,8 @@ class LiveLabels:
         self.running: list[str] = []
 
     def open(self, image: Any) -> None:
-        """At the click: a new, empty layer (adding a layer costs napari 0.2-0.6 s: better
-        at the click than at the first tiles)."""
+        """A new, empty layer, in the event-loop turn after the Run click (adding a layer
+        costs napari 0.1-0.6 s: not in the click, nor mid-run with the first tiles)."""
         name = self.result_name or labels_name(image.name)
         self.running[:] = [name + RUNNING]
         remove_layers(self.viewer, [name + RUNNING])  # a stale one of a crashed run

@@ -3,7 +3,7 @@
 Every field of ``LayerMeta`` is one key, ``"lpd_" + field name``; None means "not set"
 (the key is left out). Which layers carry which keys:
 
-- image layers opened by our reader or sample data: ``path``, ``mpp``, ``mpp_source``
+- image layers opened by our reader or sample data: ``path``, ``mpp``, ``mpp_source``, ``reader``
   (``class_names`` and ``path`` on a label TIFF read as labels);
 - result Labels layers (``napari_lpd._layers.store_labels_layer``, then the Segment widget):
   ``store``, ``complete``, ``class_names``, and from a segmentation ``image``, ``k``,
@@ -32,6 +32,7 @@ class LayerMeta:
     path: str | None = None  # the image file the layer was read from
     mpp: float | None = None  # µm per level-0 pixel of that file
     mpp_source: str | None = None  # where ``mpp`` comes from (a TIFF tag, the file name...)
+    reader: str | None = None  # how the file was read: vendor and backend (tifffile/openslide)
     class_names: list[str] | None = None  # names of labels 1..C
     store: str | None = None  # the prediction store (zarr folder) the labels show
     complete: bool | None = None  # False: an unfinished run (never exported as a result)

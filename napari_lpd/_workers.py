@@ -36,6 +36,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from lpd.errors import LPDError
+from napari_lpd._activity import ActivityGif
 
 # docs/architecture.md (Threads and responsiveness): a window repaint costs 40-70 ms under software GL, so GUI-side
 # updates are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide,
@@ -65,51 +66,6 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
     except OSError:
         log.debug("could not lower the worker thread's priority", exc_info=True)
-
-
-class _ActivityGif:
-    """napari's "loading" GIF, slowed while our jobs run.
-
-    napari animates it in the status bar while any progress bar exists, at 33 frames/s.
-    Under software OpenGL (Xvfb/llvmpipe, remote desktops) every frame recomposites the
-    window with its GL canvas, ~30 ms each: measured here, the event loop's median tick gap
-    went from 10 ms to 38-40 ms with an idle worker. While our jobs run the GIF is slowed
-    to a frame every 3 s (the bar itself still updates). napari offers no setting for it and
-    its widget is private (``ActivityToggleItem._inProgressIndicator``), so the movie is
-    found with public Qt API alone - the QLabels of the top-level windows whose movie is
-    ``loading.gif`` - and only here: the one place that walks Qt's widget tree."""
-
-    SPEED = 1  # percent of normal speed while our jobs run (a frame per 3 s)
-    running = 0  # our jobs now running, in this process
-
-    @classmethod
-    def begin(cls) -> None:
-        cls.running += 1
-
-    @classmethod
-    def end(cls) -> None:
-        cls.running -= 1
-        if cls.running == 0:
-            cls.slow(False)
-
-    @classmethod
-    def slow(cls, slow: bool = True) -> None:
-        try:
-            for movie in cls._movies():
-                movie.setSpeed(cls.SPEED if slow else 100)
-        except Exception:  # cosmetic only: never let it break a job
-            log.debug("could not adjust napari's activity animation", exc_info=True)
-
-    @staticmethod
-    def _movies() -> list[Any]:
-        from qtpy.QtWidgets import QApplication, QLabel
-
-        app = QApplication.instance()
-        if app is None:
-            return []
-        return [label.movie() for top in app.topLevelWidgets()
-                for label in top.findChildren(QLabel) if label.movie() is not None
-                and label.movie().fileName().endswith("loading.gif")]
 
 
 @dataclass
@@ -190,6 +146,8 @@ def run_in_worker(
     on_return: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finish: Callable[[RunHandle], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+    quick_start: bool = False,
     start: bool = True,
     owner: Any = None,
 ) -> RunHandle:
@@ -216,8 +174,18 @@ def run_in_worker(
         Exceptions raised by the generator (default: ``notify_error``).
     on_finish : callable, optional
         Called last in every case, with the handle.
+    on_start : callable, optional
+        GUI set-up called on the GUI thread before the worker starts (skipped after a
+        cancel or once the owner is deleted): with ``quick_start``, in the event-loop turn
+        after this call returned.
+    quick_start : bool
+        Return at once (from a click, say): ``on_start`` runs in the next event-loop turn,
+        and the progress bar and the worker's start in the turn after it, so the window
+        repaints in between (adding a napari layer takes 0.1-0.3 s, a new progress bar
+        processes Qt's pending events, a repaint among them). The worker starts after the
+        set-up, not beside it: both would compete for the GIL.
     start : bool
-        Start the worker now (else ``handle.worker.start()``).
+        Start the worker (else ``handle.worker.start()``); without ``quick_start``, now.
     owner : QObject, optional
         The widget; when it is deleted (the viewer closed mid-run) the job is cancelled and
         none of the callbacks runs again.
@@ -229,10 +197,15 @@ def run_in_worker(
     """
     job = _Job(make_generator, description=description, total=total, done=done,
                describe=describe, on_yield=on_yield, on_return=on_return,
-               on_error=on_error or notify_error, on_finish=on_finish)
+               on_error=on_error or notify_error, on_finish=on_finish, on_start=on_start,
+               quick_start=quick_start)
     if owner is not None:
         owner.destroyed.connect(lambda *_: job.orphan())
-    if start:
+    if quick_start:
+        QTimer.singleShot(0, lambda: job.set_up(start))
+    elif start:
+        if on_start is not None:
+            on_start()
         job.handle.worker.start()
     return job.handle
 
@@ -254,11 +227,12 @@ class _Job:
                  on_yield: Callable[[list[Any]], None] | None,
                  on_return: Callable[[Any], None] | None,
                  on_error: Callable[[BaseException], None],
-                 on_finish: Callable[[RunHandle], None] | None) -> None:
+                 on_finish: Callable[[RunHandle], None] | None,
+                 on_start: Callable[[], None] | None = None, quick_start: bool = False) -> None:
         self.make_generator = make_generator
         self.description, self.total, self.done, self.describe = description, total, done, describe
         self.on_yield, self.on_return = on_yield, on_return
-        self.on_error, self.on_finish = on_error, on_finish
+        self.on_error, self.on_finish, self.on_start = on_error, on_finish, on_start
         self.handle = RunHandle(create_worker(self._work, _start_thread=False))
         self._last_update = 0.0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
@@ -271,12 +245,10 @@ class _Job:
         worker.returned.connect(lambda value: self._post(self._returned, value))
         worker.aborted.connect(lambda: self._aborted())
         worker.finished.connect(lambda: self._post(lambda _: self._finished()))
-        _ActivityGif.begin()
-        if total is not None:  # the bar appears at the click (a new napari progress bar
-            # costs 30-170 ms of GUI time: better there than as a stall mid-run)
-            self.handle.bar = progress(total=1, desc=description)  # 0 would animate
-            self.handle._bar_text = description
-            _ActivityGif.slow()
+        ActivityGif.begin()
+        if total is not None and not quick_start:  # the bar appears at the call (a new
+            # napari progress bar costs 30-170 ms of GUI time: not as a stall mid-run)
+            self._first_bar()
 
     # ---- the worker thread ----------------------------------------------------------
     def _work(self) -> Generator[Any, None, Any]:  # a generator function: napari then
@@ -296,6 +268,29 @@ class _Job:
             return _Failed(exc)
 
     # ---- the GUI thread -------------------------------------------------------------
+    def set_up(self, start: bool) -> None:
+        """``quick_start``: ``on_start`` now, the bar and the worker's start next turn."""
+        handle = self.handle
+
+        def then() -> None:
+            if self.total is not None and not (handle.orphaned or handle.cancelled):
+                self._first_bar()
+            if start:  # even when cancelled: it ends at once, and the end runs as usual
+                handle.worker.start()
+
+        try:
+            if self.on_start is not None and not (handle.orphaned or handle.cancelled):
+                self.on_start()
+        finally:  # a failed set-up still ends the job (no handle left running)
+            QTimer.singleShot(0, then)
+
+    def _first_bar(self) -> None:
+        handle = self.handle
+        if handle.bar is None and not handle.finished:  # a value may have made it already
+            handle.bar = progress(total=1, desc=self.description)  # 0 would animate
+            handle._bar_text = self.description
+            ActivityGif.slow()
+
     def _post(self, handler: Callable[[Any], None], value: Any = None) -> None:
         """Run ``handler(value)`` after every handler queued before it (never inside one)."""
         self._queue.append((handler, value))
@@ -325,9 +320,9 @@ class _Job:
             handle._pending.clear()
             return
         values, handle._pending = handle._pending, []
-        self._update_bar(values[-1])
         if self.on_yield is not None and not handle.orphaned:
-            self.on_yield(values)
+            self.on_yield(values)  # first: the bar below repaints the window, once for both
+        self._update_bar(values[-1])
 
     def _update_bar(self, latest: Any) -> None:
         handle = self.handle
@@ -337,7 +332,7 @@ class _Job:
             bar = handle.bar
             if bar is None:
                 handle.bar = progress(total=n_total, desc=text)
-                _ActivityGif.slow()
+                ActivityGif.slow()
             elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
                 # bar (a new napari progress bar costs 30-170 ms of GUI time; measured)
                 bar.total = n_total
@@ -346,10 +341,11 @@ class _Job:
         if handle.bar is not None and self.done is not None:
             bar = handle.bar
             bar.n = int(self.done(latest))
-            # napari's activity-dock bar listens to the value event (progress.update emits
-            # it); .n alone updates the text ("122/266") and leaves the bar at 0 %
+            bar.refresh()  # the text ("122/266"), then the bar itself: napari's activity-dock
+            # bar follows the value event (as progress.update emits it), and processes Qt's
+            # pending events there - one window repaint (under software GL, 40-180 ms each:
+            # benchmarks/gui_responsiveness.py) for the text, the bar and the new tiles
             bar.events.value(value=bar.n)
-            bar.refresh()
 
     def _returned(self, value: Any) -> None:
         handle = self.handle
@@ -378,7 +374,7 @@ class _Job:
             if self.on_finish is not None and not handle.orphaned:
                 self.on_finish(handle)
         finally:
-            _ActivityGif.end()
+            ActivityGif.end()
             handle.finished = True  # last: "not running" means every callback has run
 
     def _aborted(self) -> None:  # napari's quit(): the generator is suspended, not closed

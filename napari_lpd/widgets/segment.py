@@ -1,15 +1,15 @@
 """Segment widget: pick image, model, device and scope; run tiled LPD inference in a worker
 with live tiles, a progress bar, Cancel, and a class legend.
 
-Layers (one per image layer, replaced by a rerun): ``LPD labels [<image>]``. The Run click
-turns the previous result (or a new layer) into ``... (running)``; tiles are painted into
-it as they finish (a preview of at most ``PREVIEW_MAX`` px a side, memory bounded; one
-repaint per throttled update); when the run completes it becomes the result read from its
-zarr store (in memory up to 4096² px, else its lazy pyramid). ``_live_labels`` holds that
-layer's life. A cancelled or failed run removes it: nothing half-done stays on screen
-looking like a result (the store stays in the cache; the same run started again resumes
-from its finished chunks). Deleting the widget mid-run cancels the run and removes the
-layer. The job itself (``_segment_job``) runs in a napari worker at a lower CPU priority."""
+Layers: ``LPD labels [<image>] <scope> · <model>``, one per run (results stay). The Run
+click only starts the job; in the next event-loop turns a new ``... (running)`` layer
+appears, and tiles are painted into it as they finish (a preview of at most
+``PREVIEW_MAX`` px a side; one repaint per throttled update); when the run completes it
+becomes the result read from its zarr store (in memory up to 4096² px, else its lazy
+pyramid). ``_live_labels`` holds that layer's life. A cancelled or failed run removes it
+(the store stays in the cache: the same run started again resumes from its finished
+chunks); so does deleting the widget mid-run. The job itself (``_segment_job``: model,
+slide, plan, store) runs in a napari worker at a lower CPU priority."""
 
 from __future__ import annotations
 
@@ -207,8 +207,9 @@ class SegmentWidget(QWidget):
             self.mpp_label.setText(f"<b>{mpp:g} µm/px assumed</b>: the file does not say. "
                                    "Enter the slide's value below for the right "
                                    "magnification and areas.")
-        else:
-            self.mpp_label.setText(f"{mpp:.4g} µm/px ({source})")
+        else:  # and how the file was read (vendor, tifffile or OpenSlide), when known
+            reader = LayerMeta.from_layer(layer).reader if layer is not None else None
+            self.mpp_label.setText(f"{mpp:.4g} µm/px ({source})" + (f"; {reader}" if reader else ""))
 
     def _mpp_entered(self, value: float) -> None:
         layer = self._current_image()
@@ -305,18 +306,18 @@ class SegmentWidget(QWidget):
         except (InputError, OSError) as exc:
             notify_error(exc, "Segmentation")
             return None
-        assert self._image is not None
-        self.live.open(self._image)  # at the click: adding a layer costs napari ~0.3 s
+        image = self._image
         self.outcome = None
         self.legend.clear_counts("running…")
         self.status.setText("Starting…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.handle = run_in_worker(
+        self.handle = run_in_worker(  # returns at once: the layer, bar and job come after
             lambda: segment_job(request), description="LPD segmentation",
             total=lambda e: e.total, done=lambda e: e.done, describe=describe_stage,
             on_yield=self._on_events, on_return=self._on_done, on_error=self._on_error,
-            on_finish=self._on_finish, owner=self)
+            on_finish=self._on_finish, on_start=lambda: self.live.open(image),
+            quick_start=True, owner=self)
         return self.handle
 
     def segment_view(self, layer: Image | None = None) -> RunHandle | None:
@@ -348,9 +349,8 @@ class SegmentWidget(QWidget):
         event = events[-1]
         if event.stage in ("plan", "training"):  # the short end stages: the bar only
             self.status.setText(event.text)
-        elif not self.status.text().startswith("Tiles"):
-            # counts go to the progress bar only: a label that changes twice a second
-            # recomposites the window each time (~40 ms under software GL; measured)
+        elif not self.status.text().startswith("Tiles"):  # counts: the bar only (a label
+            # changed each second recomposites the window: ~40 ms under software GL)
             self.status.setText("Tiles are painted as they finish; progress in napari's "
                                 "activity dock (bottom right).")
 

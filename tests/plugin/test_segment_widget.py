@@ -324,6 +324,23 @@ def test_known_magnification_is_shown_with_its_source(make_napari_viewer, checkp
     assert not widget.mpp_spin.isEnabled()
 
 
+def test_the_slide_reader_is_shown(make_napari_viewer, checkpoint) -> None:
+    """A slide opened by our reader: its µm/px source and how it was read (vendor and
+    backend, issue 16) in the widget."""
+    from lpd.data.sample import CMU_SLIDE
+    from lpd.wsi import open_slide
+    from napari_lpd._layers import slide_layer
+
+    viewer = make_napari_viewer()
+    with open_slide(CMU_SLIDE) as slide:
+        data, meta, _ = slide_layer(slide)
+        viewer.add_image(data, **meta)
+        widget = SegmentWidget(viewer)
+        widget.set_checkpoint(checkpoint)
+        assert widget.mpp_label.text().endswith("; aperio, read with tifffile")
+        assert "0.499 µm/px (from " in widget.mpp_label.text()
+
+
 def test_legend_areas_use_one_unit() -> None:
     from napari_lpd._parts import format_areas
 

@@ -87,3 +87,48 @@ def test_error_messages_put_the_reason_before_the_file(monkeypatch) -> None:
         f"FileNotFoundError: No such file or directory — gone.svs ({folder})")
     assert _workers.error_message(InputError(None, "choose an image")) == "choose an image"
     assert _workers.error_message(ValueError("bad")) == "ValueError: bad"
+
+
+def test_quick_start_sets_up_after_the_call_and_before_the_job(make_napari_viewer, qtbot,
+                                                               monkeypatch) -> None:
+    """``quick_start`` (the Run click): the call returns first; then the GUI set-up, then the
+    progress bar, then the job itself (never beside the set-up: both would want the GIL)."""
+    make_napari_viewer()
+    order: list[str] = []
+    real_progress = _workers.progress
+
+    def recording(**kwargs):
+        order.append("bar")
+        return real_progress(**kwargs)
+
+    monkeypatch.setattr(_workers, "progress", recording)
+
+    def job():
+        order.append("job")
+        yield 1
+
+    handle = _workers.run_in_worker(job, description="job", total=lambda v: 1,
+                                    done=lambda v: v, on_start=lambda: order.append("set-up"),
+                                    on_yield=lambda values: order.append("value"),
+                                    quick_start=True)
+    order.append("returned")
+    wait_for(qtbot, handle)
+    assert order == ["returned", "set-up", "bar", "job", "value"]
+    assert handle.bar is None and not handle.cancelled
+
+
+def test_quick_start_cancelled_at_once_ends_without_set_up(make_napari_viewer, qtbot) -> None:
+    make_napari_viewer()
+    order: list[str] = []
+    finished: list[object] = []
+
+    def job():
+        order.append("job")
+        yield 1
+
+    handle = _workers.run_in_worker(job, description="job", total=lambda v: 1,
+                                    done=lambda v: v, on_start=lambda: order.append("set-up"),
+                                    on_finish=finished.append, quick_start=True)
+    handle.cancel()
+    wait_for(qtbot, handle)
+    assert order == [] and finished == [handle] and handle.bar is None
