@@ -183,3 +183,51 @@ def annotation_geometry(shapes: Any, image: Any, index: int | None = None) -> Po
     if exterior is None:
         return None
     return Polygon(xy(exterior), [xy(i) for i in rings if holes[i]])
+
+
+def shape_roi(shapes: Any, image: Any) -> Polygon | np.ndarray:
+    """The selected shape of ``shapes`` as the Segment widget's ``roi``, in the image
+    layer's level-0 pixels (x, y).
+
+    Parameters
+    ----------
+    shapes : napari.layers.Shapes
+        A layer drawn by the user, or imported from QuPath GeoJSON (``read_geojson``).
+    image : napari.layers.Image
+        The slide layer the region is for.
+
+    Returns
+    -------
+    shapely.Polygon or (N, 2) ndarray
+        An imported annotation's polygon with its holes (``annotation_geometry``), else the
+        drawn shape's vertices (``napari_lpd._layers.shape_polygon``).
+
+    Raises
+    ------
+    ValueError
+        The layer has no shapes, or the shape is a line or a path.
+    """
+    from napari_lpd._layers import shape_polygon
+
+    geometry = annotation_geometry(shapes, image)
+    return geometry if geometry is not None else shape_polygon(shapes, image)
+
+
+def roi_vertices(roi: Any) -> list[list[float]] | None:
+    """What a run's key records of its ROI: every ring's vertices (x, y), rounded to
+    0.01 px; None without an ROI.
+
+    Parameters
+    ----------
+    roi : None, (N, 2) array-like or shapely geometry
+        As ``shape_roi`` gives it.
+
+    Returns
+    -------
+    list of [x, y] or None
+    """
+    from lpd.io.roi import as_roi
+
+    if roi is None:
+        return None
+    return [[round(float(x), 2), round(float(y), 2)] for x, y in as_roi(roi)]

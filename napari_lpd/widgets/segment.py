@@ -38,12 +38,12 @@ from lpd.default_model import describe_default, is_cached
 from lpd.errors import InputError
 from lpd.infer.device import available_devices
 from lpd.io.checkpoint import read_checkpoint_metadata
+from napari_lpd._annotations import roi_vertices, shape_roi
 from napari_lpd._layers import (
     image_source,
     layer_mpp,
     remove_layers,
     run_key,
-    shape_polygon,
     shape_region,
     visible_region,
     watch_layers,
@@ -276,7 +276,7 @@ class SegmentWidget(QWidget):
                 raise InputError(None, "draw a rectangle or polygon in a Shapes layer first")
             try:
                 region = shape_region(self.viewer.layers[name], layer)
-                roi = shape_polygon(self.viewer.layers[name], layer)
+                roi = shape_roi(self.viewer.layers[name], layer)  # holes kept
             except ValueError as exc:
                 raise InputError(None, str(exc)) from None
             scope_text = f"shape in {name}"
@@ -285,7 +285,7 @@ class SegmentWidget(QWidget):
         ck = None if checkpoint is None else (str(checkpoint), checkpoint.stat().st_mtime_ns)
         prototypes = self.prototypes_check.isChecked()
         key = run_key(source or (layer.name, id(layer.data)), region, ck, prototypes, mpp,
-                      None if roi is None else roi.round(2).tolist())
+                      roi_vertices(roi))
         self._image = layer
         model = default_name() if checkpoint is None else checkpoint.stem
         self.live.result_name = f"LPD labels [{layer.name}] {scope_text} · {model}"
