@@ -293,6 +293,10 @@ def test_predict_roi_errors_name_the_file(tmp_path, small_slide, capsys) -> None
     assert "no polygon of class 'Tumor'" in capsys.readouterr().err
     assert main([*base, "--roi-class", "Tumor"]) == 2
     assert "--roi-class needs --roi" in capsys.readouterr().err
+    near = write(tmp_path / "near.geojson",
+                 [feature(polygon([[10, 10], [60, 10], [60, 60], [10, 10]]))])
+    assert main([*base, "--roi", str(near), "--region", "100", "100", "50", "50"]) == 2
+    assert f"{near}: its polygons do not overlap the region" in capsys.readouterr().err
     assert not (tmp_path / "o.zarr").exists()
 
 

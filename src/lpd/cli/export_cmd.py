@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="VERSION",
                    help="also write an OME-Zarr copy, NAME.ome.zarr: NGFF 0.5 (zarr v3; "
                    "ome-zarr-py, napari-ome-zarr; the default) or 0.4 (zarr v2, for "
-                   "Bio-Formats and QuPath), labels with class names and colours")
+                   "Bio-Formats and QuPath), labels with class names and colours (give the "
+                   "store before it, or the version: lpd export OUT.zarr --ome-zarr)")
     g = p.add_argument_group("GeoJSON")
     g.add_argument("--class-names", choices=CLASS_NAME_STYLES, default="qupath",
                    help="qupath: QuPath's built-in classes and colours (TUM -> Tumor, STR -> "

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("slide", type=Path, help="slide or image file (or a DICOM-WSI folder)")
     p.add_argument("--checkpoint", default="default",
-                   help="model checkpoint (.safetensors); 'default' (the default) trains the "
+                   help="model checkpoint (.safetensors); 'default' (the default) uses the "
                    "shipped default model (lpd info default)")
     p.add_argument("--out", type=Path, required=True, help="output store (OUT.zarr)")
     p.add_argument("--region", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
@@ -102,13 +102,15 @@ def roi_and_region(args: argparse.Namespace, shape: tuple[int, int]
     ------
     InputError
         A bad GeoJSON file (naming it and the feature), no polygon (of that class), or
-        polygons wholly outside the slide.
+        polygons wholly outside the slide or the region.
     """
     region = None if args.region is None else tuple(args.region)
     if args.roi is None:
         if args.roi_class is not None:
             raise InputError(None, "--roi-class needs --roi FILE.geojson")
         return None, region
+    from shapely.geometry import box
+
     from lpd.io.annotations import read_annotations
     from lpd.io.roi import Roi
 
@@ -124,8 +126,13 @@ def roi_and_region(args: argparse.Namespace, shape: tuple[int, int]
         if x1 <= x0 or y1 <= y0:
             raise InputError(args.roi, f"its polygons lie outside the slide ({w0} x {h0} px)")
         region = (x0, y0, x1 - x0, y1 - y0)
+    x, y, w, h = region
+    inside = roi.geometry.intersection(box(x, y, x + w, y + h)).area
+    if inside <= 0:
+        raise InputError(args.roi, f"its polygons do not overlap the region x={x} y={y} "
+                         f"w={w} h={h}: nothing to segment")
     which = "" if args.roi_class is None else f" (class {args.roi_class})"
-    print(f"roi: the polygons of {args.roi.name}{which}, {roi.geometry.area:.0f} px², "
+    print(f"roi: the polygons of {args.roi.name}{which}, {inside:.0f} px² in the region, "
           f"region x={region[0]} y={region[1]} w={region[2]} h={region[3]}", file=sys.stderr)
     return roi, region
 
@@ -221,7 +228,8 @@ def _report_done(result, total: int, before: int, seconds: float, out: Path) -> 
     print(f"tiles: {total} in all: {computed} computed, {result.tiles_skipped} skipped as "
           f"background, {before} already done (resumed)")
     rate = result.forward_passes / seconds if seconds > 0 else 0.0
-    print(f"throughput: {result.forward_passes} forward passes in {seconds:.1f} s "
+    passes = "pass" if result.forward_passes == 1 else "passes"
+    print(f"throughput: {result.forward_passes} forward {passes} in {seconds:.1f} s "
           f"({rate:.2f} passes/s)")
     if result.reused_passes:
         print(f"reused {result.reused_passes} of {result.full_passes} model passes "
