@@ -46,11 +46,12 @@ class MemorySink:
 class StoreWriter:
     """Hands tiles to an ``OutputStore`` in a background thread, in the order given.
 
-    ``finished()`` is the store's finished chunks as of the last write done here (it may lag
-    behind the tiles handed over: a caller deciding what to keep for a resume keeps more).
-    ``flush()`` waits until every tile handed over is in the store; an error of the thread
-    is raised by the next ``put_tile`` or ``flush``. Tiles' arrays must not change once
-    handed over."""
+    ``finished()`` is the store's chunks marked finished on disk as of the last write done
+    here (it may lag behind the tiles handed over: a caller deciding what to keep for a
+    resume keeps more). Marks are deferred (``OutputStore.put_tile``'s ``defer_mark``: a row
+    of chunks in one write). ``flush()`` waits until every tile handed over is in the store
+    and its chunks marked; an error of the thread is raised by the next ``put_tile`` or
+    ``flush``. Tiles' arrays must not change once handed over."""
 
     def __init__(self, store: OutputStore, depth: int = 1024) -> None:
         self.store = store
@@ -70,15 +71,27 @@ class StoreWriter:
 
     def flush(self) -> None:
         self._queue.join()
+        self._write_marks()
         self._raise()
 
     def close(self) -> None:
-        """Write what was handed over, then end the thread (errors are raised)."""
+        """Write what was handed over and mark its chunks, then end the thread (errors are
+        raised)."""
         if self._thread.is_alive():
             self._queue.join()
+            self._write_marks()
             self._queue.put(None)
             self._thread.join()
         self._raise()
+
+    def _write_marks(self) -> None:
+        """The deferred marks (the thread is idle: the queue is joined). Chunks whose data
+        was written are marked even after an error of the thread."""
+        try:
+            self.store.write_marks()
+        except BaseException as exc:  # raised with the thread's errors
+            self._error = self._error or exc
+        self._finished |= self.store.finished()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -93,8 +106,8 @@ class StoreWriter:
                     return
                 if self._error is None:  # after an error: drain, write nothing more
                     i, j, labels, protos = item
-                    if self.store.put_tile(i, j, labels, protos):
-                        self._finished[self.store.chunk_of_tile(i, j)] = True
+                    if self.store.put_tile(i, j, labels, protos, defer_mark=True):
+                        self._finished |= self.store.finished()  # what is marked on disk
             except BaseException as exc:  # raised in the caller's thread
                 self._error = exc
             finally:

@@ -21,7 +21,8 @@ napari's pixel-centre convention: in µm when ``mpp`` is known, else in level-0 
 
 Writes: inference hands over finished tiles; a labels chunk (``chunk`` = whole tiles, about
 512 px) is written only once all its tiles are there, in one write (zarr's local store
-writes each file atomically), then marked in ``finished``. A rerun skips finished chunks. The
+writes each file atomically), then marked in ``finished`` (the writer thread's marks a row of
+chunks at a time: ``lpd.io._writes``, never before the data). A rerun skips finished chunks. The
 pyramid is built after the last chunk, then ``complete`` becomes true, last. While
 ``complete`` is false the multiscale's name ends in "(incomplete)" and only level 0 exists."""
 
@@ -40,15 +41,8 @@ from lpd.errors import InputError
 from lpd.io._ngff import label_path, new_level, write_metadata
 from lpd.io._pyramid import build_levels, mode_downsample, pyramid_shapes
 from lpd.io._store_meta import check_meta, check_version
-from lpd.tiling import (
-    cell_count,
-    cell_range,
-    cell_start,
-    chunk_box,
-    chunk_of_tile,
-    tiles_in,
-    tiles_of_chunks,
-)
+from lpd.io._writes import FinishedMarks, new_buffer
+from lpd.tiling import cell_count, cell_start, chunk_of_tile, tiles_of_chunks
 
 FORMAT = "lpd-prediction"
 #: 2: the NGFF labels layout (image group, ``labels/classes``); 1: labels at ``labels/``.
@@ -67,7 +61,8 @@ class OutputStore:
         self.group = group
         self.meta: dict[str, Any] = dict(group.attrs["lpd"]) if meta is None else meta
         self._buffers: dict[tuple[int, int], dict[str, Any]] = {}
-        self._finished_cache: np.ndarray | None = None
+        self._marks: FinishedMarks | None = None
+        self._arrays: dict[str, zarr.Array] = {}  # the arrays written, looked up once
         self._labels_at = label_path(int(self.meta["format_version"]))
 
     # ---- creation and opening -------------------------------------------------------
@@ -289,10 +284,25 @@ class OutputStore:
         return self.group["prototypes/0"] if self.meta.get("prototypes") else None  # type: ignore[return-value]
 
     def finished(self) -> np.ndarray:
-        """Boolean (chunk rows, chunk cols): labels chunks that are final."""
-        if self._finished_cache is None:
-            self._finished_cache = np.asarray(self.group["finished"][...]).astype(bool)
-        return self._finished_cache
+        """Boolean (chunk rows, chunk cols): labels chunks marked final on disk (deferred
+        marks count once written: ``write_marks``)."""
+        return self._finished_marks().done
+
+    def _finished_marks(self) -> FinishedMarks:
+        if self._marks is None:
+            self._marks = FinishedMarks(self.group["finished"])  # type: ignore[arg-type]
+        return self._marks
+
+    def write_marks(self) -> None:
+        """Mark the chunks written with ``put_tile(..., defer_mark=True)`` and not yet
+        marked (their data is on disk already)."""
+        if self._marks is not None:
+            self._marks.write()
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]  # type: ignore[assignment]
+        return self._arrays[name]
 
     def needed_tiles(self, grid: tuple[int, int]) -> np.ndarray:
         """Tiles (rows, cols of ``tile`` px) not in a finished chunk: what a rerun computes."""
@@ -312,14 +322,19 @@ class OutputStore:
 
     # ---- writing tiles --------------------------------------------------------------
     def put_tile(
-        self, i: int, j: int, labels: np.ndarray | None, prototypes: np.ndarray | None = None
+        self, i: int, j: int, labels: np.ndarray | None, prototypes: np.ndarray | None = None,
+        *, defer_mark: bool = False,
     ) -> bool:
         """Hand over tile (i, j) (None = background). Writes its chunk once all the chunk's
-        tiles are in; returns True when that happened."""
+        tiles are in; returns True when that happened. The chunk is then marked in
+        ``finished`` at once, or with ``defer_mark`` once its row of chunks is written,
+        about a second later, or at ``write_marks`` (``build_pyramid`` and
+        ``mark_complete`` write them too)."""
         key = self.chunk_of_tile(i, j)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = self._new_buffer(*key)
+            buf = self._buffers[key] = new_buffer(key, self.chunk, self.shape, self.tile,
+                                                  self.meta.get("prototypes"))
         ch, cw = self.chunk, self.chunk
         t = self.tile
         y0, x0 = i * t - key[0] * ch, j * t - key[1] * cw
@@ -335,40 +350,25 @@ class OutputStore:
         if buf["remaining"] > 0:
             return False
         self._flush(key, self._buffers.pop(key))
+        self._finished_marks().add(key, defer_mark)  # after the data: a crash recomputes
         return True
-
-    def _new_buffer(self, ci: int, cj: int) -> dict[str, Any]:
-        y0, y1, x0, x1 = chunk_box(ci, cj, self.chunk, self.shape)
-        tiles = tiles_in(y1 - y0, self.tile) * tiles_in(x1 - x0, self.tile)
-        buf: dict[str, Any] = {
-            "labels": np.zeros((y1 - y0, x1 - x0), np.uint8), "remaining": tiles, "protos": None,
-        }
-        info = self.meta.get("prototypes")
-        if info:
-            s = info["stride"]
-            u0, u1 = cell_range((y0, y1), s)
-            v0, v1 = cell_range((x0, x1), s)
-            buf["cells"] = (u0, v0, u1, v1)
-            buf["protos"] = np.zeros((info["count"], u1 - u0, v1 - v0), np.float16)
-        return buf
 
     def _flush(self, key: tuple[int, int], buf: dict[str, Any]) -> None:
         ci, cj = key
         c = self.chunk
         lab = buf["labels"]
-        self.labels[ci * c : ci * c + lab.shape[0], cj * c : cj * c + lab.shape[1]] = lab
-        if buf["protos"] is not None and self.prototypes is not None:
+        level0 = self._array(f"{self._labels_at}/0")
+        level0[ci * c : ci * c + lab.shape[0], cj * c : cj * c + lab.shape[1]] = lab
+        if buf["protos"] is not None and self.meta.get("prototypes"):
             u0, v0, u1, v1 = buf["cells"]
-            self.prototypes[:, u0:u1, v0:v1] = buf["protos"]
-        self.group["finished"][ci, cj] = 1  # after the data: a crash before this recomputes
-        if self._finished_cache is not None:
-            self._finished_cache[ci, cj] = True
+            self._array("prototypes/0")[:, u0:u1, v0:v1] = buf["protos"]
 
     # ---- finishing --------------------------------------------------------------------
     def build_pyramid(self) -> Iterator[tuple[int, int]]:
         """Levels 1.. by 2x2 mode downsampling, chunk by chunk (memory: 4 chunks); yields
         (level, levels) after each row of chunks, so a caller can stop between them (the
         store stays incomplete; a rerun builds the pyramid again). Needs every chunk."""
+        self.write_marks()
         if not self.finished().all():
             raise RuntimeError(f"{self.path}: cannot build the pyramid, chunks are missing")
         shapes = pyramid_shapes(self.shape, self.chunk)
@@ -390,6 +390,7 @@ class OutputStore:
 
     def mark_complete(self) -> None:
         """The last write of a run: from now on readers may present the store as whole."""
+        self.write_marks()
         self.meta["complete"] = True
         self._write_ome()
         self.group.attrs["lpd"] = self.meta
