@@ -243,18 +243,8 @@ def segment_iter(
             slide.close()
     if result.store is None:  # never: a store was given
         raise InputError(target, "no store was written")
-    _record_reader(result.store, slide if slide is not None else image)
     return Segmentation(result.store, result.plan, result, owns_store=owned,
                         name=_name(image, region, target))
-
-
-def _record_reader(store: OutputStore, image: Any) -> None:
-    """The store's ``info["reader"]``: how its slide was read (backend, vendor, bounds)."""
-    from lpd.wsi.slide import Slide, reader_info
-
-    if isinstance(image, Slide):
-        store.meta.setdefault("info", {})["reader"] = reader_info(image)
-        store.group.attrs["lpd"] = store.meta
 
 
 def _name(image: Any, region: Sequence[int] | None, store: Path) -> str:

@@ -40,6 +40,9 @@ def test_predict_then_export_all_three(files, tmp_path, capsys) -> None:
     assert "passes/s" in text and f"lpd export {out}" in text
     store = OutputStore.open(out)
     assert store.complete and store.shape == (384, 448)
+    # how the slide was read, recorded when the store is made (an interrupted one has it too)
+    assert store.meta["info"]["reader"] == {"backend": "tifffile", "vendor": "tiff",
+                                            "bounds": None}
     labels = store.labels[...]
     assert labels.max() <= 4 and (labels > 0).mean() > 0.5  # seed 1: tissue almost everywhere
 

@@ -14,6 +14,7 @@ from lpd.tiling import AxisGrid, TileGrid
 from lpd.wsi.levels import as_pyramid, choose_level, resize_factor
 from lpd.wsi.pixels import dark_note
 from lpd.wsi.region import RegionSource, read_array
+from lpd.wsi.slide import Slide, mpp_note, reader_info
 from lpd.wsi.tissue import DEFAULT_SATURATION, saturation_threshold, tile_tissue_fractions
 
 MAX_RESIZE = 8.0  # resampling a level by more than this, either way, needs allow_resample
@@ -94,6 +95,8 @@ class TilePlan:
             # level-0 (height, width) of the slide: exports clip to it (lpd.io.export)
             "image_size": ([int(v) for v in self.levels[0].shape[:2]]  # type: ignore[attr-defined]
                            if self.levels else None),
+            # how the slide was read (backend, vendor, OpenSlide bounds); None for arrays
+            "reader": reader_info(self.slide) if isinstance(self.slide, Slide) else None,
         }
 
 
@@ -221,8 +224,6 @@ def _check_window(size: int, halo: int, align: int) -> None:
 def _input_notes(own: Sequence[str], region: Sequence[int] | None, clipped: tuple[int, ...],
                  mpp: float | None, slide_mpp: float | None) -> list[str]:
     """The image's own notes, an overridden implausible mpp, a clipped region."""
-    from lpd.wsi.slide import mpp_note
-
     notes: list[str] = list(own)
     if mpp is not None and slide_mpp is not None and mpp_note(slide_mpp, "override"):
         notes.append(mpp_note(slide_mpp, "override"))  # type: ignore[arg-type]
