@@ -9,7 +9,11 @@ CLI's layout: the main thread drives the generator), and the ratio; each figure 
 target, and all of them, with the conditions (threads, cores, load average), as JSON
 (default ``benchmarks/results/gui-responsiveness.json``).
 
-Gaps are counted from the first tick after the Run click returns to the end of the run,
+Gaps are counted from the moment the Run click returns to 0.5 s after the end of the run
+(the viewer settled before the click); the first, the set-up turn in which napari adds
+the running layer and draws it, is reported apart (as the click is), beside the run's
+max gap from the first tick after the click (the figure issue 15 set its target on) and
+the max gap counted from the click's return;
 and separately over the tiles stage alone (first painted batch .. the result's arrival).
 Each GUI run also lists its five longest gaps with the lpd callbacks inside them (none:
 napari's or Qt's own work, e.g. a window repaint, or the machine's other load). The click
@@ -41,6 +45,8 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results" / "gui-responsiveness.json"
 #: issue 15 item 8: the click, the worst stall of a run (median over runs), throughput
 TARGETS = {"click_ms": 50.0, "max_gap_ms": 80.0, "gui_cli_ratio": 0.85}
+#: the probe keeps ticking this long after the run has ended
+AFTER_MS = 500
 
 
 def cli_run(checkpoint: Path, slide_path: Path, out: Path) -> dict:
@@ -103,27 +109,32 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
     widget._on_events = timed(on_events, lambda events: f"update ({events[-1].stage})", True)
     widget._on_done = timed(widget._on_done, lambda outcome: "result swap", True)
     widget.live.open = timed(widget.live.open, lambda image: "running layer added")
-    real_progress = _workers.progress
+    real_progress, real_bar = _workers.progress, _workers._Job._update_bar
     _workers.progress = timed(real_progress, lambda **kw: "progress bar added")
+    _workers._Job._update_bar = timed(real_bar, lambda *a: "bar update")
     probe = QTimer()
     probe.setTimerType(Qt.TimerType.PreciseTimer)
     probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
     loop = QEventLoop()
     poll = QTimer()
+    settle(500)  # a user clicks Run on a window that has been drawn: the new dock too
     probe.start(10)
     side0 = gui_side_cpu()
     t0, c0 = time.perf_counter(), time.thread_time()
     try:
         handle = widget.run()
         click, click_cpu = time.perf_counter() - t0, time.thread_time() - c0
+        ticks.append(time.perf_counter())  # the event loop is free again from here: a
+        # stall before the first tick (e.g. the running layer's set-up) is a gap too
         assert handle is not None
         poll.timeout.connect(lambda: None if handle.running else loop.quit())
         poll.start(50)
         loop.exec()
+        wall, gui_cpu = time.perf_counter() - t0, time.thread_time() - c0
+        side = {k: v - side0[k] for k, v in gui_side_cpu().items()}
+        settle(AFTER_MS)  # what the end left to do (repaints, deferred work) counts too
     finally:
-        _workers.progress = real_progress
-    wall, gui_cpu = time.perf_counter() - t0, time.thread_time() - c0
-    side = {k: v - side0[k] for k, v in gui_side_cpu().items()}
+        _workers.progress, _workers._Job._update_bar = real_progress, real_bar
     probe.stop()
     poll.stop()
     if handle.failed is not None:
@@ -139,6 +150,15 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
             "callbacks": [{"what": w, "at_s": round(a - t0, 3),
                            "wall_ms": round(1000 * (b - a), 1), "cpu_ms": round(1000 * c, 1)}
                           for a, b, c, w in spans]}
+
+
+def settle(ms: int) -> None:
+    """Run the event loop for ``ms`` milliseconds (pending repaints are done)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
 
 
 def gui_side_cpu() -> dict[str, float]:
@@ -185,9 +205,13 @@ def _gaps(ticks: list[float], tiles: list[float], spans: list, t0: float) -> dic
                   for s, e, c, w in spans if s < b and e > a]
         longest.append(f"{gaps[i]:.0f} ms at {a - t0:.1f} s: "
                        + (", ".join(within) or "no lpd callback (napari/Qt work, or load)"))
+    # gaps[0]: the turn right after the click, in which the running layer is added and
+    # drawn (napari's cost; reported apart, as the click is); then the run's own gaps
     return {"longest": longest, "ticks": len(ticks),
             "median_ms": float(np.median(gaps)), "p95_ms": float(np.percentile(gaps, 95)),
-            "max_ms": float(gaps.max()), "tiles_median_ms": float(np.median(inside)),
+            "setup_ms": float(gaps[0]), "max_ms": float(gaps[1:].max()),
+            "max_from_click_ms": float(gaps.max()),
+            "tiles_median_ms": float(np.median(inside)),
             "tiles_p95_ms": float(np.percentile(inside, 95)),
             "tiles_max_ms": float(inside.max())}
 
@@ -200,6 +224,7 @@ def summary(cli: list[dict], gui: list[dict]) -> dict:
     figures = {
         "click_ms": med(gui, "click_ms"), "click_cpu_ms": med(gui, "click_cpu_ms"),
         "max_gap_ms": med(gui, "max_ms"), "worst_max_gap_ms": max(g["max_ms"] for g in gui),
+        "setup_ms": med(gui, "setup_ms"), "max_gap_from_click_ms": med(gui, "max_from_click_ms"),
         "median_gap_ms": med(gui, "median_ms"), "p95_gap_ms": med(gui, "p95_ms"),
         "tiles_median_gap_ms": med(gui, "tiles_median_ms"),
         "tiles_p95_gap_ms": med(gui, "tiles_p95_ms"),
@@ -232,9 +257,13 @@ def report(result: dict) -> None:
           f"torch threads: {c['threads']}; cores: {c['cores']}; repeats: {c['repeats']}")
     print(f"Run click handler: {f['click_ms']:.0f} ms (GUI-thread CPU {f['click_cpu_ms']:.0f} "
           f"ms); target <= {TARGETS['click_ms']:.0f} ms: {mark('click_ms')}")
-    print(f"max tick gap of a run (median over runs): {f['max_gap_ms']:.1f} ms (worst "
+    print(f"max tick gap of a run, from the first tick after the click to {AFTER_MS} ms "
+          f"after its end (median over runs): {f['max_gap_ms']:.1f} ms (worst "
           f"{f['worst_max_gap_ms']:.1f}); target <= {TARGETS['max_gap_ms']:.0f} ms: "
           f"{mark('max_gap_ms')}")
+    print(f"  before it, the set-up turn right after the click (napari adds the running "
+          f"layer and draws it): {f['setup_ms']:.1f} ms; the max gap counted from the "
+          f"click's return, set-up included: {f['max_gap_from_click_ms']:.1f} ms")
     print(f"tiles/s: GUI {f['gui_tiles_per_s']:.2f}, CLI-equivalent {f['cli_tiles_per_s']:.2f}, "
           f"ratio {f['gui_cli_ratio']:.3f}; target >= {TARGETS['gui_cli_ratio']}: "
           f"{mark('gui_cli_ratio')}")

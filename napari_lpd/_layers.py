@@ -258,9 +258,10 @@ def store_labels_layer(
 
 
 def upsert_layer(viewer: Any, data: Any, meta: dict[str, Any], kind: str,
-                 replace: Sequence[str] = ()) -> Any:
+                 replace: Sequence[str] = (), prepare: Any = None) -> Any:
     """Add a layer, replacing (at the same place in the list) a layer of the same name or
-    one named in ``replace``, so reruns never pile up duplicates."""
+    one named in ``replace``, so reruns never pile up duplicates. ``prepare(layer)``, when
+    given, runs on the new layer before it is added."""
     from napari.layers import Image, Labels
 
     names = {meta["name"], *replace}
@@ -270,11 +271,25 @@ def upsert_layer(viewer: Any, data: Any, meta: dict[str, Any], kind: str,
             index = viewer.layers.index(layer) if index is None else index
             viewer.layers.remove(layer)
     layer = (Labels if kind == "labels" else Image)(data, **meta)
+    if prepare is not None:
+        prepare(layer)
     if index is None:
         viewer.layers.append(layer)
     else:
         viewer.layers.insert(min(index, len(viewer.layers)), layer)
     return layer
+
+
+def shown_result(viewer: Any, store: str | Path) -> Any:
+    """The finished result Labels layer of ``viewer`` showing ``store``, or None."""
+    from napari.layers import Labels
+
+    for layer in viewer.layers:
+        meta = LayerMeta.from_layer(layer)
+        if isinstance(layer, Labels) and meta.store and meta.complete \
+                and Path(meta.store) == Path(store):
+            return layer
+    return None
 
 
 def watch_layers(viewer: Any, callback: Any) -> None:

@@ -43,15 +43,19 @@ class Preview:
         f = self.factor
         self.data = np.zeros((math.ceil(shape[0] / f), math.ceil(shape[1] / f)), np.uint8)
 
-    def paint(self, y: int, x: int, labels: np.ndarray) -> None:
+    def paint(self, y: int, x: int, labels: np.ndarray) -> tuple[int, int, int, int]:
+        """A tile's ``labels`` (h, w) at output-grid pixel (``y``, ``x``) into the preview.
+        Returns the preview box painted, (y0, y1, x0, x1) (empty when the tile holds no
+        sampled pixel)."""
         f = self.factor
         if f == 1:
             self.data[y : y + labels.shape[0], x : x + labels.shape[1]] = labels
-            return
+            return y, y + labels.shape[0], x, x + labels.shape[1]
         o = f // 2  # sample the middle pixel of each f x f block
         py, px = math.ceil((y - o) / f), math.ceil((x - o) / f)
         sub = labels[py * f + o - y :: f, px * f + o - x :: f]
         self.data[py : py + sub.shape[0], px : px + sub.shape[1]] = sub
+        return py, py + sub.shape[0], px, px + sub.shape[1]
 
 
 @dataclass

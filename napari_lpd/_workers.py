@@ -4,8 +4,9 @@ The compute generator (e.g. ``lpd.segmentation.segment_iter``) yields progress p
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
 call per second (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
-the activity dock follows them, updated in the same throttled call (docs/architecture.md, Threads and responsiveness: per-batch
-progress updates cost 15-25 % throughput).
+the activity dock follows them, one event-loop turn later (docs/architecture.md, Threads
+and responsiveness: per-batch progress updates cost 15-25 % throughput; each GUI change
+in a turn of its own keeps each repaint's stall short).
 
 Cancel: ``RunHandle.cancel()`` sets a flag that the wrapper checks before asking the lpd
 generator for its next value; the wrapper then closes the generator *in the worker thread*
@@ -38,11 +39,14 @@ from qtpy.QtCore import QTimer
 from lpd.errors import LPDError
 from napari_lpd._activity import ActivityGif
 
-# docs/architecture.md (Threads and responsiveness): a window repaint costs 40-70 ms under software GL, so GUI-side
-# updates are coalesced. benchmarks/gui_responsiveness.py (whole Segment widget, CMU slide,
-# 2 cores, compute at nice 10, idle machine): one update per 500 ms gave tick gaps p95
-# 16-18 ms and 0.77 of the CLI's tiles/s; one per second p95 13 ms and 0.84.
+# docs/architecture.md (Threads and responsiveness): a window repaint costs 40-80 ms under
+# software GL, so GUI-side updates are coalesced: one per second (benchmarks/
+# gui_responsiveness.py, 2 cores, idle: one per 500 ms gave 0.77 of the CLI's tiles/s, one
+# per second 0.84). Each step that changes the window (tiles, the bar's value, the result,
+# the bar's removal, the widget's end state) gets an event-loop turn of its own, TURN_MS
+# after the one before: two such changes in one turn stalled it 90-180 ms.
 UPDATE_INTERVAL_S = 1.0
+TURN_MS = 40
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +183,9 @@ def run_in_worker(
         cancel or once the owner is deleted): with ``quick_start``, in the event-loop turn
         after this call returned.
     quick_start : bool
-        Return at once (from a click, say): ``on_start`` runs in the next event-loop turn,
-        and the progress bar and the worker's start in the turn after it, so the window
-        repaints in between (adding a napari layer takes 0.1-0.3 s, a new progress bar
-        processes Qt's pending events, a repaint among them). The worker starts after the
-        set-up, not beside it: both would compete for the GIL.
+        Return at once (from a click): ``on_start`` runs in the next event-loop turn, the
+        bar and the worker's start in a later one (the window repaints in between; the
+        worker would compete with the set-up for the GIL).
     start : bool
         Start the worker (else ``handle.worker.start()``); without ``quick_start``, now.
     owner : QObject, optional
@@ -236,7 +238,7 @@ class _Job:
         self.handle = RunHandle(create_worker(self._work, _start_thread=False))
         self._last_update = 0.0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
-        self._pumping = False
+        self._pumping = self._ending = False  # ending: the worker is done, the bar too
         self._timer = QTimer()  # flushes a trailing batch when no yield follows
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(lambda: self._post(lambda _: self._flush()))
@@ -244,7 +246,7 @@ class _Job:
         worker.yielded.connect(lambda value: self._post(self._yielded, value))
         worker.returned.connect(lambda value: self._post(self._returned, value))
         worker.aborted.connect(lambda: self._aborted())
-        worker.finished.connect(lambda: self._post(lambda _: self._finished()))
+        worker.finished.connect(lambda: self._later(self._finished))
         ActivityGif.begin()
         if total is not None and not quick_start:  # the bar appears at the call (a new
             # napari progress bar costs 30-170 ms of GUI time: not as a stall mid-run)
@@ -282,7 +284,7 @@ class _Job:
             if self.on_start is not None and not (handle.orphaned or handle.cancelled):
                 self.on_start()
         finally:  # a failed set-up still ends the job (no handle left running)
-            QTimer.singleShot(0, then)
+            QTimer.singleShot(TURN_MS, then)
 
     def _first_bar(self) -> None:
         handle = self.handle
@@ -321,8 +323,14 @@ class _Job:
             return
         values, handle._pending = handle._pending, []
         if self.on_yield is not None and not handle.orphaned:
-            self.on_yield(values)  # first: the bar below repaints the window, once for both
-        self._update_bar(values[-1])
+            self.on_yield(values)
+        latest = values[-1]
+        self._later(lambda: None if self._ending else self._update_bar(latest))
+
+    def _later(self, step: Callable[[], None]) -> None:
+        """Run ``step`` in a later event-loop turn than this one, after the window has
+        been repainted (then after every handler queued before it)."""
+        QTimer.singleShot(TURN_MS, lambda: self._post(lambda _: step()))
 
     def _update_bar(self, latest: Any) -> None:
         handle = self.handle
@@ -341,10 +349,8 @@ class _Job:
         if handle.bar is not None and self.done is not None:
             bar = handle.bar
             bar.n = int(self.done(latest))
-            bar.refresh()  # the text ("122/266"), then the bar itself: napari's activity-dock
-            # bar follows the value event (as progress.update emits it), and processes Qt's
-            # pending events there - one window repaint (under software GL, 40-180 ms each:
-            # benchmarks/gui_responsiveness.py) for the text, the bar and the new tiles
+            bar.refresh()  # the text ("122/266"), then the bar: napari's activity-dock bar
+            # follows the value event and processes Qt's pending events (a window repaint)
             bar.events.value(value=bar.n)
 
     def _returned(self, value: Any) -> None:
@@ -362,8 +368,11 @@ class _Job:
             self.on_return(value)
 
     def _finished(self) -> None:
+        """The end, in two turns after the result's (each repaints the window once): the
+        bar goes, then ``on_finish``."""
         handle = self.handle
         self._timer.stop()
+        self._ending = True
         handle._pending.clear()  # nothing more is painted after a cancel
         try:
             if handle._gen is not None:
@@ -371,11 +380,16 @@ class _Job:
             if handle.bar is not None:
                 handle.bar.close()
                 handle.bar = None
-            if self.on_finish is not None and not handle.orphaned:
-                self.on_finish(handle)
+        finally:
+            self._later(self._end)
+
+    def _end(self) -> None:
+        try:
+            if self.on_finish is not None and not self.handle.orphaned:
+                self.on_finish(self.handle)
         finally:
             ActivityGif.end()
-            handle.finished = True  # last: "not running" means every callback has run
+            self.handle.finished = True  # last: "not running": every callback has run
 
     def _aborted(self) -> None:  # napari's quit(): the generator is suspended, not closed
         self.handle.cancelled = True

@@ -45,6 +45,7 @@ from napari_lpd._layers import (
     remove_layers,
     run_key,
     shape_region,
+    shown_result,
     visible_region,
     watch_layers,
 )
@@ -86,6 +87,7 @@ class SegmentWidget(QWidget):
         self.viewer = viewer
         self.handle: RunHandle | None = None
         self.outcome: SegmentOutcome | None = None
+        self._result: Labels | None = None  # the result layer, until the end's turn
         self.live = LiveLabels(viewer)  # the layer a run paints into
         self._image: Image | None = None
         self._build()
@@ -307,7 +309,7 @@ class SegmentWidget(QWidget):
             notify_error(exc, "Segmentation")
             return None
         image = self._image
-        self.outcome = None
+        self.outcome, self._result = None, None
         self.legend.clear_counts("running…")
         self.status.setText("Starting…")
         self.run_button.setEnabled(False)
@@ -357,13 +359,16 @@ class SegmentWidget(QWidget):
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None
         self.outcome = outcome
-        shown = self._result_of(outcome.store.path)
+        shown = shown_result(self.viewer, outcome.store.path)
         if shown is not None and outcome.forward_passes == 0:
             # an identical run's result, reused whole and still on screen: no duplicate
             self.live.drop()
             self.viewer.layers.selection.active = layer = shown
         else:
             layer = self.live.finish(self._image, outcome)
+        self._result = layer  # the rest in the end's turn (``_on_finish``): one repaint each
+
+    def _show_result(self, outcome: SegmentOutcome, layer: Labels) -> None:
         store = outcome.store
         self.legend.set_classes(store.class_names, store.class_colours)
         self.legend.set_counts(outcome.counts, store.mpp,
@@ -374,15 +379,6 @@ class SegmentWidget(QWidget):
         prune_runs({Path(store) for store in stores if store})
         self.run_finished.emit(layer)
 
-    def _result_of(self, store: Path) -> Labels | None:
-        """The finished result layer showing ``store``, if one is open."""
-        for layer in self.viewer.layers:
-            meta = LayerMeta.from_layer(layer)
-            if isinstance(layer, Labels) and meta.store and Path(meta.store) == Path(store) \
-                    and meta.complete:
-                return layer
-        return None
-
     def _on_error(self, exc: BaseException) -> None:
         self.live.drop()
         self.status.setText(f"Failed: {exc}")
@@ -392,7 +388,10 @@ class SegmentWidget(QWidget):
     def _on_finish(self, handle: RunHandle) -> None:
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        if handle.cancelled:
+        result, self._result = self._result, None
+        if result is not None and self.outcome is not None:  # (a cancel came too late)
+            self._show_result(self.outcome, result)
+        elif handle.cancelled:
             self.live.drop()
             self.legend.clear_counts("cancelled")
             self.status.setText("Cancelled: this run's partial result was discarded (earlier "

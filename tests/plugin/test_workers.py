@@ -132,3 +132,30 @@ def test_quick_start_cancelled_at_once_ends_without_set_up(make_napari_viewer, q
     handle.cancel()
     wait_for(qtbot, handle)
     assert order == [] and finished == [handle] and handle.bar is None
+
+
+def test_the_result_the_bar_and_the_end_come_in_separate_turns(make_napari_viewer, qtbot
+                                                               ) -> None:
+    """Each step that changes the window gets its own event-loop turn (a window repaint
+    between them, each repaint being one stall under software GL): a 0 ms timer set in
+    ``on_return`` fires before ``on_finish``; no bar is left, none is made after the end."""
+    from qtpy.QtCore import QTimer
+
+    make_napari_viewer()
+    order: list[str] = []
+
+    def on_return(value):
+        order.append("result")
+        QTimer.singleShot(0, lambda: order.append("next turn"))
+
+    def job():
+        yield 1
+        return 2
+
+    handle = _workers.run_in_worker(job, description="job", total=lambda v: 2,
+                                    done=lambda v: v, on_return=on_return,
+                                    on_finish=lambda h: order.append("finish"))
+    wait_for(qtbot, handle)
+    assert order == ["result", "next turn", "finish"]
+    qtbot.wait(3 * _workers.TURN_MS)  # a bar update queued before the end makes no bar
+    assert handle.bar is None and not handle.running
