@@ -109,9 +109,12 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
     widget._on_events = timed(on_events, lambda events: f"update ({events[-1].stage})", True)
     widget._on_done = timed(widget._on_done, lambda outcome: "result swap", True)
     widget.live.open = timed(widget.live.open, lambda image: "running layer added")
-    real_progress, real_bar = _workers.progress, _workers._Job._update_bar
-    _workers.progress = timed(real_progress, lambda **kw: "progress bar added")
-    _workers._Job._update_bar = timed(real_bar, lambda *a: "bar update")
+    job = _workers._Job
+    real = _workers.progress, job._update_bar, job._finished, job._end
+    _workers.progress = timed(real[0], lambda **kw: "progress bar added")
+    job._update_bar = timed(real[1], lambda *a: "bar update")
+    job._finished = timed(real[2], lambda *a: "bar removed")
+    job._end = timed(real[3], lambda *a: "legend, status, buttons")
     probe = QTimer()
     probe.setTimerType(Qt.TimerType.PreciseTimer)
     probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
@@ -134,7 +137,7 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
         side = {k: v - side0[k] for k, v in gui_side_cpu().items()}
         settle(AFTER_MS)  # what the end left to do (repaints, deferred work) counts too
     finally:
-        _workers.progress, _workers._Job._update_bar = real_progress, real_bar
+        _workers.progress, job._update_bar, job._finished, job._end = real
     probe.stop()
     poll.stop()
     if handle.failed is not None:

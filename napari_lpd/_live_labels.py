@@ -17,6 +17,7 @@ from typing import Any
 import napari.viewer
 import numpy as np
 from napari.layers import Labels
+from qtpy.QtCore import QTimer
 
 from napari_lpd._layers import (
     LABELS_OPACITY,
@@ -30,6 +31,7 @@ from napari_lpd._layers import (
 )
 from napari_lpd._metadata import LayerMeta
 from napari_lpd._segment_job import Preview, SegmentOutcome
+from napari_lpd._workers import TURN_MS
 
 
 class LiveLabels:
@@ -61,16 +63,26 @@ class LiveLabels:
         }, "labels", prepare=defer_edit_overlays)
 
     def start(self, image: Any, plan: Any) -> None:
-        """A new output grid: size the layer to it (no new layer mid-run)."""
-        self.preview, self.dirty = Preview(plan.shape), None
+        """A new output grid: the layer takes its transform now, while its data is small,
+        and the empty preview as its data in a later event-loop turn (each a repaint of
+        its own; together they stalled the turn 116-149 ms, apart 69 and 105). No new
+        layer mid-run."""
+        preview = Preview(plan.shape)
+        self.preview, self.dirty = preview, None
         scale, translate = grid_transform(image.scale, image.translate, plan.scale,
-                                          plan.offset, self.preview.factor)
+                                          plan.offset, preview.factor)
         if self.layer is None or self.layer not in self.viewer.layers:  # the user deleted it
             self.open(image)
         layer = self.layer
         assert layer is not None
-        _set_transform(layer, scale, translate)  # first, while the data is small
-        layer.data = self.preview.data
+        _set_transform(layer, scale, translate)
+        QTimer.singleShot(TURN_MS, lambda: self._show(layer, preview))
+
+    def _show(self, layer: Labels, preview: Preview) -> None:
+        """The preview becomes ``layer``'s data (unless the run has moved on)."""
+        if layer is self.layer and preview is self.preview and layer in self.viewer.layers:
+            layer.data = preview.data
+            self.dirty = None  # what was painted so far came with it
 
     def paint(self, tiles: list[tuple[int, int, np.ndarray]]) -> None:
         """Finished tiles into the preview (shown at the next ``repaint``)."""
@@ -84,9 +96,11 @@ class LiveLabels:
         or, where napari cannot, a re-read of the layer's data without the thumbnail and
         extent work of a full refresh (the extent is unchanged; the thumbnail: at the
         end)."""
-        layer, dirty, self.dirty = self.layer, self.dirty, None
-        if layer is None or dirty is None:
+        layer, dirty = self.layer, self.dirty
+        if layer is None or dirty is None or self.preview is None \
+                or layer.data is not self.preview.data:  # not shown yet: ``_show`` will
             return
+        self.dirty = None
         if _partial_refresh(layer, dirty):
             return
         try:
@@ -112,7 +126,8 @@ class LiveLabels:
         layer, preview = self.layer, self.preview
         if not meta["multiscale"] and layer is not None and layer in self.viewer.layers:
             same_grid = _set_transform(layer, meta["scale"], meta["translate"])
-            if same_grid and preview is not None and np.array_equal(preview.data, data):
+            if same_grid and preview is not None and layer.data is preview.data \
+                    and np.array_equal(preview.data, data):
                 _refresh_thumbnail(layer)  # painted in full already: nothing to upload
             else:
                 layer.data = data

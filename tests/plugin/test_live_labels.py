@@ -10,17 +10,21 @@ import numpy as np
 from napari_lpd._live_labels import EDIT_OVERLAYS, LiveLabels
 
 
-def _running(viewer, shape=(320, 480)) -> LiveLabels:
+def _running(viewer, qtbot, shape=(320, 480)) -> LiveLabels:
     image = viewer.add_image(np.zeros((*shape, 3), np.uint8), rgb=True, name="slide")
     live = LiveLabels(viewer)
     live.open(image)
     live.start(image, SimpleNamespace(shape=shape, scale=1.0, offset=(0, 0)))
+    # the transform at once, the preview as data one turn later (a repaint each)
+    assert live.layer.data.shape == (1, 1)
+    qtbot.waitUntil(lambda: live.layer.data is live.preview.data)
     return live
 
 
-def test_a_repaint_uploads_only_the_tiles_painted_since_the_last(make_napari_viewer) -> None:
+def test_a_repaint_uploads_only_the_tiles_painted_since_the_last(make_napari_viewer, qtbot
+                                                                 ) -> None:
     viewer = make_napari_viewer()
-    live = _running(viewer)
+    live = _running(viewer, qtbot)
     layer = live.layer
     uploads: list[tuple[list[int], np.ndarray]] = []
     layer.events.labels_update.connect(
@@ -44,10 +48,10 @@ def test_a_repaint_uploads_only_the_tiles_painted_since_the_last(make_napari_vie
     assert layer.data[160:, 160:].max() == 0
 
 
-def test_running_layer_builds_its_editing_overlays_at_the_first_tool(make_napari_viewer
-                                                                     ) -> None:
+def test_running_layer_builds_its_editing_overlays_at_the_first_tool(make_napari_viewer,
+                                                                     qtbot) -> None:
     viewer = make_napari_viewer()
-    live = _running(viewer)
+    live = _running(viewer, qtbot)
     layer = live.layer
     canvas = viewer.window._qt_viewer.canvas
     overlays = [layer._overlays[key] for key in EDIT_OVERLAYS]
@@ -61,3 +65,23 @@ def test_running_layer_builds_its_editing_overlays_at_the_first_tool(make_napari
     layer.selected_label = 4
     layer.paint((10, 10), 4)
     assert layer.data[10, 10] == 4
+
+
+def test_a_result_before_the_preview_was_shown_replaces_the_placeholder(make_napari_viewer
+                                                                        ) -> None:
+    """A run that ends within the turn after its plan (a tiny image, a fast GPU): the
+    result is the layer's data, and the late preview hand-over changes nothing."""
+    from napari_lpd._live_labels import Preview
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((32, 48, 3), np.uint8), rgb=True, name="slide")
+    live = LiveLabels(viewer)
+    live.open(image)
+    live.start(image, SimpleNamespace(shape=(32, 48), scale=1.0, offset=(0, 0)))
+    layer, preview = live.layer, live.preview
+    assert isinstance(preview, Preview) and layer.data.shape == (1, 1)
+    result = np.full((32, 48), 3, np.uint8)
+    layer.data = result  # what ``finish`` does when the preview is not the layer's data
+    live.layer = live.preview = None
+    live._show(layer, preview)  # the late hand-over: the run has moved on
+    assert layer.data is result
