@@ -14,7 +14,7 @@ import torch
 
 from lpd.data.synthetic import synthetic_tissue
 from lpd.infer._band import disjoint_groups
-from lpd.infer._blend import ScoreBlender
+from lpd.infer._blend import ScoreBlender, extreme_samples
 from lpd.infer._blocks import BlockCache, axis_cuts, level_cuts
 from lpd.infer._reader import WindowReader
 from lpd.infer._sink import StoreWriter
@@ -212,7 +212,7 @@ def _reference_labels(blender: ScoreBlender, members: list[tuple[int, int]]) -> 
                         torch.nn.functional.pad(inner, (1, 1, 1, 1), mode="replicate"))
         ay, ax = blender._matrix(k, 0, vh), blender._matrix(k, 0, vw)
         parts.append(ay[py0:py1] @ g @ ax[px0:px1].T)
-        ey, ex = blender._extremes(k, vh), blender._extremes(k, vw)
+        ey, ex = (torch.as_tensor(extreme_samples(n, s, length)) for length in (vh, vw))
         samples = (ay[ey] @ g @ ax[ex].T).flatten(2)
         los.append(samples.min(dim=2).values)
         his.append(samples.max(dim=2).values)

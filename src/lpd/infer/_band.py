@@ -23,6 +23,13 @@ class RowAccumulator:
         view[:-1] += values * weights
         view[-1] += weights
 
+    def add_terms(self, y: int, x: int, terms: torch.Tensor) -> None:
+        """``add`` with the weighted maps and the weights made already: ``terms`` (C + 1,
+        n, n) holds ``values * weights`` and then ``weights`` (the same sums)."""
+        end = y + terms.shape[-2]
+        self._cover(y, end)
+        self.buf[:, y - self.base : end - self.base, x : x + terms.shape[-1]] += terms
+
     def _cover(self, y: int, end: int) -> None:
         """Grow the band to hold rows [y, end) (y must not have been released)."""
         if y < self.base:

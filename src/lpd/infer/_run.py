@@ -155,6 +155,7 @@ class TiledRun:
                               self.p_stride, resume, settings.fingerprint(roi), chunk)
         self.on_disk = isinstance(self.sink, OutputStore)
         self.writer: StoreWriter | None = None  # started with the steps
+        self._handover: list[tuple] = []  # tiles for the writer, handed over per step
         self.scores = (np.zeros((len(FUSED_SCALES), cfg.num_classes, *plan.shape), np.float32)
                        if settings.keep_scores else None)
         self.t0 = time.perf_counter()
@@ -294,6 +295,9 @@ class TiledRun:
                     for i, j in self.grid.window_tiles(r, c):
                         if self.tiles.todo[i, j]:
                             self._put(i, j, None, None)
+            if self.writer is not None and self._handover:  # one hand-over per step
+                self.writer.put_tiles(self._handover)
+                self._handover = []
             if self.order:
                 self._release()
         return painted
@@ -322,8 +326,12 @@ class TiledRun:
         return painted
 
     def _put(self, i: int, j: int, labels: np.ndarray | None, protos: np.ndarray | None) -> None:
-        """Hand tile (i, j) to the sink (labels None: label 0, a skipped tile)."""
-        (self.writer or self.sink).put_tile(i, j, labels, protos)
+        """Hand tile (i, j) to the sink (labels None: label 0, a skipped tile); to the
+        store's writer at the end of the step (``_finalise_ready``)."""
+        if self.writer is not None:
+            self._handover.append((i, j, labels, protos))
+        else:
+            self.sink.put_tile(i, j, labels, protos)
         self.tiles.todo[i, j] = False
         self.done += 1
         self.skipped += labels is None
@@ -367,7 +375,7 @@ class TiledRun:
         reader.close()
         try:
             if self.writer is not None:
-                self.writer.close()
+                self.writer.close(self._handover)  # (with the tiles of a step cut short)
         finally:
             self.model.train(was_training)
             if self.on_disk:

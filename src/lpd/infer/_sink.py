@@ -63,8 +63,13 @@ class StoreWriter:
 
     def put_tile(self, i: int, j: int, labels: np.ndarray | None,
                  protos: np.ndarray | None) -> None:
+        self.put_tiles([(i, j, labels, protos)])
+
+    def put_tiles(self, tiles: list[tuple]) -> None:
+        """Hand over tiles ``(i, j, labels, protos)`` in one queue item (fewer wake-ups of
+        the thread than one per tile)."""
         self._raise()
-        self._queue.put((i, j, labels, protos))
+        self._queue.put(tiles)
 
     def finished(self) -> np.ndarray:
         return self._finished
@@ -74,10 +79,12 @@ class StoreWriter:
         self._write_marks()
         self._raise()
 
-    def close(self) -> None:
-        """Write what was handed over and mark its chunks, then end the thread (errors are
-        raised)."""
+    def close(self, tiles: list[tuple] = ()) -> None:
+        """Write what was handed over (and ``tiles``) and mark its chunks, then end the
+        thread (errors are raised)."""
         if self._thread.is_alive():
+            if tiles:
+                self._queue.put(list(tiles))
             self._queue.join()
             self._write_marks()
             self._queue.put(None)
@@ -104,8 +111,9 @@ class StoreWriter:
             try:
                 if item is None:
                     return
-                if self._error is None:  # after an error: drain, write nothing more
-                    i, j, labels, protos = item
+                for i, j, labels, protos in item:
+                    if self._error is not None:  # after an error: drain, write nothing more
+                        break
                     if self.store.put_tile(i, j, labels, protos, defer_mark=True):
                         self._finished |= self.store.finished()  # what is marked on disk
             except BaseException as exc:  # raised in the caller's thread

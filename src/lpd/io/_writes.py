@@ -6,7 +6,11 @@ never takes unwritten data for final."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,3 +74,96 @@ def new_buffer(key: tuple[int, int], chunk: int, shape: tuple[int, int], tile: i
         buf["cells"] = (u0, v0, u1, v1)
         buf["protos"] = np.zeros((prototypes["count"], u1 - u0, v1 - v0), np.float16)
     return buf
+
+
+class ChunkFiles:
+    """Whole chunks of a zarr v3 uint8 array in a local store, written as zarr writes them
+    (the same files, byte for byte: a test checks it) without zarr's event loop, thread
+    pool and per-write checks: C-order bytes (``BytesCodec``), compressed by numcodecs'
+    Zstd with the array's level and checksum (what zarr's ``ZstdCodec`` runs), edge chunks
+    padded with the fill value, a chunk equal to the fill value not stored (zarr's
+    ``write_empty_chunks=False``), each file written to a temporary name and renamed.
+    About a fifth of the CPU of an array write. ``for_array`` says which arrays qualify."""
+
+    def __init__(self, folder: Path, chunks: tuple[int, int], level: int, checksum: bool,
+                 encode_key) -> None:
+        from numcodecs.zstd import Zstd
+
+        self.folder, self.chunks, self.encode_key = folder, chunks, encode_key
+        self.codec = Zstd(level=level, checksum=checksum)
+        self._folders: set[str] = set()  # made already
+        self._tag, self._count = uuid.uuid4().hex[:12], itertools.count()  # temp names
+
+    @classmethod
+    def for_array(cls, array: zarr.Array) -> ChunkFiles | None:
+        """The writer of ``array``'s chunks, or None when zarr must write them.
+
+        Parameters
+        ----------
+        array : zarr.Array
+            A 2-D array.
+
+        Returns
+        -------
+        ChunkFiles or None
+            For a zarr v3 uint8 array with fill value 0 and regular chunks in a
+            ``LocalStore``, whose codecs are exactly ``BytesCodec`` and ``ZstdCodec`` and
+            whose config is C order without empty chunks; else None.
+        """
+        from zarr.codecs import BytesCodec, ZstdCodec
+        from zarr.storage import LocalStore
+
+        md = array.metadata
+        try:
+            codecs = tuple(md.codecs)
+            ok = (md.zarr_format == 3 and isinstance(array.store, LocalStore)
+                  and array.dtype == np.uint8 and md.fill_value == 0 and array.ndim == 2
+                  and len(codecs) == 2 and type(codecs[0]) is BytesCodec
+                  and type(codecs[1]) is ZstdCodec and array.order == "C"
+                  and not array._async_array.config.write_empty_chunks)
+            chunks = tuple(int(c) for c in md.chunk_grid.chunk_shape)
+        except (AttributeError, TypeError):  # another zarr's metadata: let zarr write
+            return None
+        if not ok:
+            return None
+        folder = Path(array.store.root) / array.path
+        return cls(folder, chunks, codecs[1].level, codecs[1].checksum,
+                   md.chunk_key_encoding.encode_chunk_key)
+
+    def write(self, key: tuple[int, int], block: np.ndarray) -> None:
+        """Chunk ``key``'s data (its part of the array: the chunk, cut at the edges)."""
+        ch, cw = self.chunks
+        if block.shape != (ch, cw):
+            full = np.zeros((ch, cw), np.uint8)
+            full[: block.shape[0], : block.shape[1]] = block
+            block = full
+        path = os.path.join(self.folder, self.encode_key(key))
+        if not np.count_nonzero(block):  # the fill value: no file, as zarr
+            Path(path).unlink(missing_ok=True)
+            return
+        data = self.codec.encode(np.ascontiguousarray(block))
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        tmp = f"{path}.{self._tag}-{next(self._count)}.partial"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_chunk(array: zarr.Array, files: dict, key: tuple[int, int], chunk: int,
+                block: np.ndarray) -> None:
+    """Write chunk ``key`` (of ``chunk`` px) of a 2-D array: with ``ChunkFiles`` where the
+    array qualifies (``files`` caches its writer by array path), else through zarr."""
+    if array.path not in files:
+        files[array.path] = ChunkFiles.for_array(array)
+    if files[array.path] is not None:
+        files[array.path].write(key, block)
+        return
+    ci, cj = key
+    array[ci * chunk : ci * chunk + block.shape[0], cj * chunk : cj * chunk + block.shape[1]] = block

@@ -41,7 +41,7 @@ from lpd.errors import InputError
 from lpd.io._ngff import label_path, new_level, write_metadata
 from lpd.io._pyramid import build_levels, mode_downsample, pyramid_shapes
 from lpd.io._store_meta import check_meta, check_version
-from lpd.io._writes import FinishedMarks, new_buffer
+from lpd.io._writes import FinishedMarks, new_buffer, write_chunk
 from lpd.tiling import cell_count, cell_start, chunk_of_tile, tiles_of_chunks
 
 FORMAT = "lpd-prediction"
@@ -63,6 +63,7 @@ class OutputStore:
         self._buffers: dict[tuple[int, int], dict[str, Any]] = {}
         self._marks: FinishedMarks | None = None
         self._arrays: dict[str, zarr.Array] = {}  # the arrays written, looked up once
+        self._files: dict[str, Any] = {}  # their chunk writers (``_writes.write_chunk``)
         self._labels_at = label_path(int(self.meta["format_version"]))
 
     # ---- creation and opening -------------------------------------------------------
@@ -335,8 +336,7 @@ class OutputStore:
         if buf is None:
             buf = self._buffers[key] = new_buffer(key, self.chunk, self.shape, self.tile,
                                                   self.meta.get("prototypes"))
-        ch, cw = self.chunk, self.chunk
-        t = self.tile
+        ch, cw, t = self.chunk, self.chunk, self.tile
         y0, x0 = i * t - key[0] * ch, j * t - key[1] * cw
         if labels is not None:
             buf["labels"][y0 : y0 + labels.shape[0], x0 : x0 + labels.shape[1]] = labels
@@ -354,11 +354,8 @@ class OutputStore:
         return True
 
     def _flush(self, key: tuple[int, int], buf: dict[str, Any]) -> None:
-        ci, cj = key
-        c = self.chunk
-        lab = buf["labels"]
-        level0 = self._array(f"{self._labels_at}/0")
-        level0[ci * c : ci * c + lab.shape[0], cj * c : cj * c + lab.shape[1]] = lab
+        write_chunk(self._array(f"{self._labels_at}/0"), self._files, key, self.chunk,
+                    buf["labels"])
         if buf["protos"] is not None and self.meta.get("prototypes"):
             u0, v0, u1, v1 = buf["cells"]
             self._array("prototypes/0")[:, u0:u1, v0:v1] = buf["protos"]

@@ -8,6 +8,7 @@ converted per chunk by the rules of ``lpd.wsi.pixels``; the main image is chosen
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ import dask.array as da
 import numpy as np
 
 from lpd.errors import InputError
+from lpd.wsi._tiles import TileReader
 from lpd.wsi.pixels import (
     PixelFormat,
     ome_pixels,
@@ -207,8 +209,31 @@ class _TiffHandle:
         self.path, self.series_index, self._tif = path, series_index, tif
         self.sources: list[_LevelSource] = []
         self._arrays: dict[int, object] = {}
+        self._direct: dict[int, TileReader | None] = {}
+        self._fd: int | None = None
         self._lock = threading.Lock()
         self.closed = False
+
+    def tiles(self, level: int) -> TileReader | None:
+        """The direct tile reader of a level (``lpd.wsi._tiles``), None where the level is
+        read through the zarr store."""
+        reader = self._direct.get(level, False)  # (a dict read: no lock on the hot path)
+        if reader is not False:
+            return reader
+        with self._lock:
+            if self.closed:
+                raise ValueError(f"{self.path}: the slide was closed")
+            if level not in self._direct:
+                import tifffile
+
+                if self._tif is None:
+                    self._tif = tifffile.TiffFile(self.path)
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                series = self._tif.series[self.series_index]
+                self._direct[level] = TileReader.for_level(self._tif, series.levels[level],
+                                                           self._fd)
+            return self._direct[level]
 
     def array(self, level: int):
         with self._lock:
@@ -228,6 +253,10 @@ class _TiffHandle:
         with self._lock:
             self.closed = True
             self._arrays.clear()
+            self._direct.clear()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             if self._tif is not None:
                 self._tif.close()
                 self._tif = None
@@ -255,6 +284,10 @@ class _LevelSource:
         self.dtype, self.ndim = np.dtype(np.uint8), 3
 
     def _raw(self, ys: slice, xs: slice) -> np.ndarray:
+        direct = self.handle.tiles(self.level) if self.axes in ("YX", "YXS") else None
+        if direct is not None:  # tiles decoded here: the zarr store's pixels, a third the CPU
+            raw = direct.read(ys, xs)
+            return raw if self.axes == "YXS" else raw[..., :1]
         array = self.handle.array(self.level)
         if self.axes == "YX":
             return np.asarray(array[ys, xs])[..., None]
