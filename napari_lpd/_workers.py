@@ -33,20 +33,21 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from lpd.errors import LPDError
 from napari_lpd._activity import ActivityGif
+from napari_lpd._notify import error_message, notify_error
 
 # docs/architecture.md (Threads and responsiveness): a window repaint costs 40-80 ms under
 # software GL, so GUI-side updates are coalesced: one per second (benchmarks/
 # gui_responsiveness.py, 2 cores, idle: one per 500 ms gave 0.77 of the CLI's tiles/s, one
 # per second 0.84). Each step that changes the window (tiles, the bar's value, the result,
 # the bar's removal, the widget's end state) gets an event-loop turn of its own, TURN_MS
-# after the one before: two such changes in one turn stalled it 90-180 ms.
+# after the one before: two such changes in one turn stalled it 90-180 ms. The bar moves
+# every BAR_EVERY updates (and at each stage).
 UPDATE_INTERVAL_S = 1.0
 TURN_MS = 40
+BAR_EVERY = 2
 
 log = logging.getLogger(__name__)
 
@@ -100,43 +101,6 @@ class RunHandle:
         """True from the start until every callback of the end has run (the worker's own
         ``is_running`` is False while it still waits for a thread)."""
         return not self.finished
-
-
-def error_message(exc: BaseException) -> str:
-    """One line for a notification, the reason first: ``"<problem> — <file> (<folder>)"``
-    for an error naming a file (notifications cut long lines: a path first would hide the
-    reason). Anything but an ``LPDError`` is prefixed with its type.
-
-    Parameters
-    ----------
-    exc : BaseException
-        The error.
-
-    Returns
-    -------
-    str
-        The message.
-    """
-    from napari_lpd._reader import reason_first  # here: the reader loads dask (~0.7 s)
-
-    text = reason_first(exc)
-    return text if isinstance(exc, LPDError) else f"{type(exc).__name__}: {text}"
-
-
-def notify_error(exc: BaseException, what: str = "LPD") -> None:
-    """A napari notification ``"<what> failed: <error_message>"`` without the traceback
-    dialog (the log keeps the traceback of anything but an ``LPDError``).
-
-    Parameters
-    ----------
-    exc : BaseException
-        The error.
-    what : str
-        What failed, e.g. ``"Segmentation"``.
-    """
-    if not isinstance(exc, LPDError):
-        log.error("%s failed", what, exc_info=exc)
-    show_error(f"{what} failed: {error_message(exc)}")
 
 
 def run_in_worker(
@@ -239,6 +203,7 @@ class _Job:
         self._last_update = 0.0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pumping = self._ending = False  # ending: the worker is done, the bar too
+        self._bar_at, self._bar_stage = 0.0, None  # the bar's last update
         self._timer = QTimer()  # flushes a trailing batch when no yield follows
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(lambda: self._post(lambda _: self._flush()))
@@ -325,7 +290,18 @@ class _Job:
         if self.on_yield is not None and not handle.orphaned:
             self.on_yield(values)
         latest = values[-1]
-        self._later(lambda: None if self._ending else self._update_bar(latest))
+        if self._bar_due(latest):
+            self._later(lambda: None if self._ending else self._update_bar(latest))
+
+    def _bar_due(self, latest: Any) -> bool:
+        """The bar moves at every BAR_EVERY-th update and at each new stage (a bar update
+        repaints the window: GUI-side CPU that the job's threads do not get)."""
+        now, stage = time.monotonic(), (self.total and self.total(latest),
+                                         self.describe and self.describe(latest))
+        if stage != self._bar_stage or now - self._bar_at >= BAR_EVERY * UPDATE_INTERVAL_S:
+            self._bar_stage, self._bar_at = stage, now
+            return True
+        return False
 
     def _later(self, step: Callable[[], None]) -> None:
         """Run ``step`` in a later event-loop turn than this one, after the window has
@@ -333,7 +309,7 @@ class _Job:
         QTimer.singleShot(TURN_MS, lambda: self._post(lambda _: step()))
 
     def _update_bar(self, latest: Any) -> None:
-        handle = self.handle
+        handle, renamed, text = self.handle, False, ""
         if self.total is not None:
             n_total = int(self.total(latest))
             text = self.describe(latest) if self.describe is not None else self.description
@@ -343,12 +319,15 @@ class _Job:
                 ActivityGif.slow()
             elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
                 # bar (a new napari progress bar costs 30-170 ms of GUI time; measured)
-                bar.total = n_total
-                bar.set_description(text)
+                bar.total, renamed = n_total, True
             handle._bar_text = text
-        if handle.bar is not None and self.done is not None:
-            bar = handle.bar
+        bar = handle.bar
+        if bar is not None and self.done is not None:
             bar.n = int(self.done(latest))
+        if renamed:  # the text (napari repaints the window for it), the value next turn
+            bar.set_description(text)
+            self._later(lambda: None if handle.bar is not bar else bar.events.value(value=bar.n))
+        elif bar is not None and self.done is not None:
             bar.refresh()  # the text ("122/266"), then the bar: napari's activity-dock bar
             # follows the value event and processes Qt's pending events (a window repaint)
             bar.events.value(value=bar.n)
@@ -368,8 +347,8 @@ class _Job:
             self.on_return(value)
 
     def _finished(self) -> None:
-        """The end, in two turns after the result's (each repaints the window once): the
-        bar goes, then ``on_finish``."""
+        """The end, in turns after the result's (each repaints the window once, after the
+        bar steps queued before): the bar goes, then ``on_finish``."""
         handle = self.handle
         self._timer.stop()
         self._ending = True
@@ -377,9 +356,14 @@ class _Job:
         try:
             if handle._gen is not None:
                 handle._gen.close()  # after napari's own quit(); a no-op when it ended
-            if handle.bar is not None:
-                handle.bar.close()
-                handle.bar = None
+        finally:
+            self._later(self._close_bar)
+
+    def _close_bar(self) -> None:
+        try:
+            if self.handle.bar is not None:
+                self.handle.bar.close()
+                self.handle.bar = None
         finally:
             self._later(self._end)
 

@@ -102,7 +102,8 @@ def write_layer(target: Path, export: Export, data: Any, meta: dict[str, Any]) -
         return [str(target)]
     from napari.utils.notifications import show_info
 
-    from napari_lpd._workers import notify_error, run_in_worker
+    from napari_lpd._notify import notify_error
+    from napari_lpd._workers import run_in_worker
 
     data = _snapshot(data)  # the user may paint on while the worker reads
     JOBS.append(run_in_worker(  # its callbacks run later, on the GUI thread

@@ -34,7 +34,8 @@ from lpd.errors import InputError
 from lpd.io.formats import FORMATS, export_paths
 from napari_lpd._layers import watch_layers
 from napari_lpd._metadata import LayerMeta
-from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd._notify import notify_error
+from napari_lpd._workers import RunHandle, run_in_worker
 from napari_lpd._writer import _layer_store
 
 

@@ -48,9 +48,10 @@ from napari_lpd._layers import (
     view_region,
 )
 from napari_lpd._metadata import LayerMeta
+from napari_lpd._notify import error_message, notify_error
 from napari_lpd._parts import LossPlot, row_of
 from napari_lpd._session import Segmenter, Session
-from napari_lpd._workers import RunHandle, error_message, notify_error, run_in_worker
+from napari_lpd._workers import RunHandle, run_in_worker
 
 FINETUNED_LABELS = "LPD labels (fine-tuned)"
 TRAINABLE_TEXT = {"all": "all parameters", "head": "prototypes only (backbone fixed)"}

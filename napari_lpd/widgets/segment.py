@@ -51,6 +51,7 @@ from napari_lpd._layers import (
 )
 from napari_lpd._live_labels import LiveLabels
 from napari_lpd._metadata import LayerMeta
+from napari_lpd._notify import notify_error
 from napari_lpd._parts import LegendWidget, row_of
 from napari_lpd._segment_job import (
     JobEvent,
@@ -64,7 +65,7 @@ from napari_lpd._segment_job import (
     segment_job,
 )
 from napari_lpd._session import Session
-from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd._workers import RunHandle, run_in_worker
 
 DEFAULT_MODEL = "Default model"
 CHECKPOINT_FILE = "Checkpoint file…"

@@ -29,10 +29,11 @@ from lpd.classes import CLASS_COLOURS, CLASS_LONG_NAMES, CLASS_NAMES
 from lpd.data.tags import TagRegion, TagStore, import_annotations, iter_export, sidecar_path
 from lpd.errors import InputError
 from napari_lpd._layers import TaggedImage, layer_file, opened_pixels, tagged_image
+from napari_lpd._notify import notify_error
 from napari_lpd._parts import row_of
 from napari_lpd._tag_grid import GRID_LAYER, MAX_GRID_CELLS, UNDO_KEY, GridMode
 from napari_lpd._tag_shapes import add_region_shapes, apply_shape
-from napari_lpd._workers import RunHandle, notify_error, run_in_worker
+from napari_lpd._workers import RunHandle, run_in_worker
 
 __all__ = ["GRID_LAYER", "MAX_GRID_CELLS", "MAX_UNDO", "TAGS_LAYER", "UNDO_KEY",
            "TagAnnotatorWidget"]

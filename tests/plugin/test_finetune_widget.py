@@ -145,7 +145,7 @@ def test_stop_and_save_keeps_a_partial_model(setup, qtbot) -> None:
 def test_no_tags_is_a_notification_and_segment_checkpoint_is_the_default(
         make_napari_viewer, tmp_path: Path, monkeypatch) -> None:
     errors: list[str] = []
-    monkeypatch.setattr("napari_lpd._workers.show_error", errors.append)
+    monkeypatch.setattr("napari_lpd._notify.show_error", errors.append)
     viewer = make_napari_viewer()
     rgb, _ = synthetic_tissue(64, seed=1)
     viewer.add_image(rgb, name="HE", rgb=True, metadata={"lpd_path": str(tmp_path / "x.png")})

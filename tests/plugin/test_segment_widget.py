@@ -108,7 +108,7 @@ def test_bad_checkpoint_is_a_notification(make_napari_viewer, qtbot, tmp_path,
     bad.write_bytes(b"not a checkpoint")
     viewer, widget = make_widget(make_napari_viewer, bad)
     shown = []
-    monkeypatch.setattr("napari_lpd._workers.show_error", shown.append)
+    monkeypatch.setattr("napari_lpd._notify.show_error", shown.append)
     assert widget.run() is None
     assert len(shown) == 1 and "bad.safetensors" in shown[0]
     assert [layer.name for layer in viewer.layers] == ["HE"]
@@ -356,7 +356,7 @@ def test_resampling_beyond_8x_is_refused_unless_ticked(make_napari_viewer, qtbot
     viewer, widget = make_widget(make_napari_viewer, ckpt, scale=(0.05, 0.05),
                                  units=("µm", "µm"))
     shown = []
-    monkeypatch.setattr("napari_lpd._workers.show_error", shown.append)
+    monkeypatch.setattr("napari_lpd._notify.show_error", shown.append)
     wait_for(qtbot, widget.run())
     assert len(shown) == 1 and "8x" in shown[0] and "allow" in shown[0]
     assert [layer.name for layer in viewer.layers] == ["HE"]

@@ -138,7 +138,7 @@ def test_damaged_sidecar_is_reported_and_kept(make_napari_viewer, image_file,
     path, rgb = image_file
     sidecar_path(path).write_text("{ this is not json")
     errors: list[str] = []
-    monkeypatch.setattr("napari_lpd._workers.show_error", errors.append)
+    monkeypatch.setattr("napari_lpd._notify.show_error", errors.append)
     viewer, widget = _viewer_with(make_napari_viewer, path, rgb)
     sidecar = sidecar_path(path)  # named as "<problem> — <file> (<folder>)"
     assert len(errors) == 1 and "not readable JSON" in errors[0]

@@ -74,19 +74,20 @@ def test_one_progress_bar_per_job_renamed_per_stage(make_napari_viewer, qtbot,
 
 def test_error_messages_put_the_reason_before_the_file(monkeypatch) -> None:
     from lpd.errors import CheckpointError, InputError
+    from napari_lpd import _notify
 
     folder = "/very/long/path/to/the/slides/of/a/study"
     shown: list[str] = []
-    monkeypatch.setattr(_workers, "show_error", shown.append)
-    _workers.notify_error(InputError(f"{folder}/case 7.svs", "file is truncated"), "Reading")
+    monkeypatch.setattr(_notify, "show_error", shown.append)
+    _notify.notify_error(InputError(f"{folder}/case 7.svs", "file is truncated"), "Reading")
     assert shown == [f"Reading failed: file is truncated — case 7.svs ({folder})"]
-    message = _workers.error_message(CheckpointError(f"{folder}/m.safetensors", "NaN weights"))
+    message = _notify.error_message(CheckpointError(f"{folder}/m.safetensors", "NaN weights"))
     assert message.startswith("NaN weights — ") and message.endswith(f"m.safetensors ({folder})")
     missing = FileNotFoundError(2, "No such file or directory", f"{folder}/gone.svs")
-    assert _workers.error_message(missing) == (
+    assert _notify.error_message(missing) == (
         f"FileNotFoundError: No such file or directory — gone.svs ({folder})")
-    assert _workers.error_message(InputError(None, "choose an image")) == "choose an image"
-    assert _workers.error_message(ValueError("bad")) == "ValueError: bad"
+    assert _notify.error_message(InputError(None, "choose an image")) == "choose an image"
+    assert _notify.error_message(ValueError("bad")) == "ValueError: bad"
 
 
 def test_quick_start_sets_up_after_the_call_and_before_the_job(make_napari_viewer, qtbot,
