@@ -221,33 +221,33 @@ class _TiffHandle:
         if reader is not False:
             return reader
         with self._lock:
-            if self.closed:
-                raise ValueError(f"{self.path}: the slide was closed")
+            tif = self._file()
             if level not in self._direct:
-                import tifffile
-
-                if self._tif is None:
-                    self._tif = tifffile.TiffFile(self.path)
                 if self._fd is None:
                     self._fd = os.open(self.path, os.O_RDONLY)
-                series = self._tif.series[self.series_index]
-                self._direct[level] = TileReader.for_level(self._tif, series.levels[level],
-                                                           self._fd)
+                series = tif.series[self.series_index]
+                self._direct[level] = TileReader.for_level(tif, series.levels[level], self._fd)
             return self._direct[level]
 
     def array(self, level: int):
         with self._lock:
-            if self.closed:
-                raise ValueError(f"{self.path}: the slide was closed")
+            tif = self._file()
             if level not in self._arrays:
-                import tifffile
                 import zarr
 
-                if self._tif is None:
-                    self._tif = tifffile.TiffFile(self.path)
-                store = self._tif.series[self.series_index].aszarr(level=level, squeeze=True)
+                store = tif.series[self.series_index].aszarr(level=level, squeeze=True)
                 self._arrays[level] = zarr.open_array(store, mode="r")
             return self._arrays[level]
+
+    def _file(self):
+        """The open ``tifffile.TiffFile`` (opened on first use; call under the lock)."""
+        if self.closed:
+            raise ValueError(f"{self.path}: the slide was closed")
+        if self._tif is None:
+            import tifffile
+
+            self._tif = tifffile.TiffFile(self.path)
+        return self._tif
 
     def close(self) -> None:
         with self._lock:
