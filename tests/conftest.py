@@ -41,6 +41,19 @@ def _seeded_model(spec: dict, seed: int):
         return create_model(spec.pop("backbone"), **spec)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``): tests that check results, where two OpenMP threads on busy
+    shared cores are many times slower than one (docs/architecture.md, Threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def new_tiny_model() -> Callable[[], object]:
     """A function returning a fresh copy of the tiny model (see ``TINY_MODEL``): for a

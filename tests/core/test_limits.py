@@ -19,12 +19,7 @@ from lpd.infer.tiled import predict_tiled, run_tiled
 predict = functools.partial(predict_tiled, device="cpu", tissue_threshold=None, halo=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

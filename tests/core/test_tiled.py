@@ -30,14 +30,7 @@ from lpd.wsi.tissue import SATURATION_CEIL, SATURATION_FLOOR
 predict = functools.partial(predict_tiled, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: these tests check results, and on a busy machine two OpenMP
-    threads on shared cores are many times slower than one (docs/architecture.md, Threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

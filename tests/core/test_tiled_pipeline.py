@@ -26,12 +26,7 @@ from lpd.wsi.region import RegionSource
 predict = functools.partial(predict_tiled, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _level(h: int = 150, w: int = 170) -> np.ndarray:
