@@ -109,6 +109,7 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
     widget._on_events = timed(on_events, lambda events: f"update ({events[-1].stage})", True)
     widget._on_done = timed(widget._on_done, lambda outcome: "result swap", True)
     widget.live.open = timed(widget.live.open, lambda image: "running layer added")
+    widget.live._show = timed(widget.live._show, lambda *a: "preview shown")
     job = _workers._Job
     real = _workers.progress, job._update_bar, job._finished, job._end
     _workers.progress = timed(real[0], lambda **kw: "progress bar added")

@@ -12,6 +12,7 @@ set, and a full-resolution preview already is the result: the end costs no re-sl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import napari.viewer
@@ -60,13 +61,15 @@ class LiveLabels:
             "translate": tuple(image.translate[-2:]), "units": tuple(image.units),
             "colormap": class_colormap(), "opacity": LABELS_OPACITY,
             "metadata": LayerMeta(complete=False).to_metadata(),
-        }, "labels", prepare=defer_edit_overlays)
+        }, "labels", prepare=defer_edit_overlays, activate=False)
 
-    def start(self, image: Any, plan: Any) -> None:
+    def start(self, image: Any, plan: Any,
+              later: Callable[[Callable[[], None]], None] | None = None) -> None:
         """A new output grid: the layer takes its transform now, while its data is small,
         and the empty preview as its data in a later event-loop turn (each a repaint of
-        its own; together they stalled the turn 116-149 ms, apart 69 and 105). No new
-        layer mid-run."""
+        its own; together they stalled the turn 116-149 ms, apart 69 and 105): through
+        ``later`` (the job's ``RunHandle.later``: after the job's other screen changes, in
+        a turn of its own), else TURN_MS from now. No new layer mid-run."""
         preview = Preview(plan.shape)
         self.preview, self.dirty = preview, None
         scale, translate = grid_transform(image.scale, image.translate, plan.scale,
@@ -75,8 +78,13 @@ class LiveLabels:
             self.open(image)
         layer = self.layer
         assert layer is not None
-        _set_transform(layer, scale, translate)
-        QTimer.singleShot(TURN_MS, lambda: self._show(layer, preview))
+        with quiet_layer_list(self.viewer):
+            _set_transform(layer, scale, translate)
+        show = lambda: self._show(layer, preview)  # noqa: E731
+        if later is not None:
+            later(show)
+        else:
+            QTimer.singleShot(TURN_MS, show)
 
     def _show(self, layer: Labels, preview: Preview) -> None:
         """The preview becomes ``layer``'s data (unless the run has moved on)."""
@@ -101,8 +109,9 @@ class LiveLabels:
                 or layer.data is not self.preview.data:  # not shown yet: ``_show`` will
             return
         self.dirty = None
-        if _partial_refresh(layer, dirty):
-            return
+        with quiet_layer_list(self.viewer):
+            if _partial_refresh(layer, dirty):
+                return
         try:
             layer.refresh(thumbnail=False, extent=False, highlight=False)
         except TypeError:  # napari < 0.5: no keyword arguments
@@ -137,7 +146,7 @@ class LiveLabels:
             running = [] if layer is None else [layer.name]
             meta["name"] = _free_name(self.viewer, name)
             layer = upsert_layer(self.viewer, data, meta, kind, replace=running,
-                                 prepare=defer_edit_overlays)
+                                 prepare=defer_edit_overlays, activate=False)
         self.layer, self.preview = None, None
         self.running.clear()
         return layer
@@ -183,6 +192,20 @@ def defer_edit_overlays(layer: Labels) -> None:
                 overlay.visible = True
 
     layer.events.mode.connect(on_mode)
+
+
+def quiet_layer_list(viewer: napari.viewer.Viewer) -> Any:
+    """A context in which the events of the viewer's layers are not re-emitted by the
+    layer list (``viewer.layers.events``): the layer list widget then does not repaint.
+
+    napari's layer list re-emits every event of every layer, and its Qt model turns each
+    one into a repaint of the list, whatever the event (a texture update, a new scale).
+    Under software GL that is a second recomposition of the whole window, 30 ms after the
+    canvas's own, for each preview update (measured: 40-60 ms of CPU each, a quarter of
+    the GUI's share of a run). The layers' own events, which the canvas and the viewer
+    follow, are emitted as usual. Use it only around changes the layer list does not
+    show (texture, transform); the thumbnail is refreshed at the end."""
+    return viewer.layers.events.blocker()
 
 
 def _union(box: tuple[int, int, int, int] | None, other: tuple[int, int, int, int]

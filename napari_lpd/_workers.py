@@ -3,7 +3,7 @@
 The compute generator (e.g. ``lpd.segmentation.segment_iter``) yields progress per tile
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
-call per second (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
+call per UPDATE_INTERVAL_S (2 s) (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
 the activity dock follows them, one event-loop turn later (docs/architecture.md, Threads
 and responsiveness: per-batch progress updates cost 15-25 % throughput; each GUI change
 in a turn of its own keeps each repaint's stall short).
@@ -39,15 +39,16 @@ from napari_lpd._activity import ActivityGif
 from napari_lpd._notify import error_message, notify_error
 
 # docs/architecture.md (Threads and responsiveness): a window repaint costs 40-80 ms under
-# software GL, so GUI-side updates are coalesced: one per second (benchmarks/
-# gui_responsiveness.py, 2 cores, idle: one per 500 ms gave 0.77 of the CLI's tiles/s, one
-# per second 0.84). Each step that changes the window (tiles, the bar's value, the result,
-# the bar's removal, the widget's end state) gets an event-loop turn of its own, TURN_MS
-# after the one before: two such changes in one turn stalled it 90-180 ms. The bar moves
-# every BAR_EVERY updates (and at each stage).
-UPDATE_INTERVAL_S = 1.0
+# software GL, CPU that the job's threads lose, so GUI-side updates are coalesced: one per
+# UPDATE_INTERVAL_S (benchmarks/gui_responsiveness.py, 2 cores: one per 500 ms gave 0.77
+# of the CLI's tiles/s; with the layer list kept quiet, one per second 0.83, one per 2 s
+# 0.87, load ~1). Each step that changes the
+# window (tiles, the bar's value, the result, the bar's removal, the widget's end state)
+# gets an event-loop turn of its own, TURN_MS after the one before: two such changes in
+# one turn stalled it 90-180 ms. The bar moves every BAR_EVERY updates (and at each stage).
+UPDATE_INTERVAL_S = 2.0
 TURN_MS = 40
-BAR_EVERY = 2
+BAR_EVERY = 1
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class RunHandle:
     _pending: list = field(default_factory=list)
     _gen: Generator | None = None
     _bar_text: str = ""  # the bar's description as given (tqdm's ``desc`` adds ": ")
+    #: ``later(step)``: run ``step`` (a change of the window) in an event-loop turn of its
+    #: own, after the job's changes queued before it (see ``_Job._later``)
+    later: Callable[[Callable[[], None]], None] = field(default=lambda step: step())
 
     def cancel(self) -> None:
         """Stop at the next yield (within one batch); nothing more is painted."""
@@ -135,7 +139,7 @@ def run_in_worker(
         one bar.
     on_yield : callable, optional
         Receives the values yielded since the last GUI update (a list, never empty), at
-        most once a second; the last batch is always flushed before ``on_return``.
+        most once per UPDATE_INTERVAL_S; the last batch is always flushed before ``on_return``.
     on_return : callable, optional
         The generator's return value; skipped after a cancel.
     on_error : callable, optional
@@ -204,9 +208,15 @@ class _Job:
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pumping = self._ending = False  # ending: the worker is done, the bar too
         self._bar_at, self._bar_stage = 0.0, None  # the bar's last update
+        self._bar_value = 0  # the value the bar shows
         self._timer = QTimer()  # flushes a trailing batch when no yield follows
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(lambda: self._post(lambda _: self._flush()))
+        self._steps: deque[Callable[[], None]] = deque()  # screen changes, one per turn
+        self._turn = QTimer()
+        self._turn.setSingleShot(True)
+        self._turn.timeout.connect(lambda: self._next_turn())
+        self.handle.later = self._later
         worker = self.handle.worker
         worker.yielded.connect(lambda value: self._post(self._yielded, value))
         worker.returned.connect(lambda value: self._post(self._returned, value))
@@ -249,14 +259,14 @@ class _Job:
             if self.on_start is not None and not (handle.orphaned or handle.cancelled):
                 self.on_start()
         finally:  # a failed set-up still ends the job (no handle left running)
-            QTimer.singleShot(TURN_MS, then)
+            self._later(then)
 
     def _first_bar(self) -> None:
         handle = self.handle
         if handle.bar is None and not handle.finished:  # a value may have made it already
             handle.bar = progress(total=1, desc=self.description)  # 0 would animate
             handle._bar_text = self.description
-            ActivityGif.slow()
+            ActivityGif.pause()
 
     def _post(self, handler: Callable[[Any], None], value: Any = None) -> None:
         """Run ``handler(value)`` after every handler queued before it (never inside one)."""
@@ -304,9 +314,23 @@ class _Job:
         return False
 
     def _later(self, step: Callable[[], None]) -> None:
-        """Run ``step`` in a later event-loop turn than this one, after the window has
-        been repainted (then after every handler queued before it)."""
-        QTimer.singleShot(TURN_MS, lambda: self._post(lambda _: step()))
+        """Run ``step`` in an event-loop turn of its own, TURN_MS after the step queued
+        before it (the window is repainted in between), then after every handler queued
+        before it. Steps run one per turn, in order: two that change the window never
+        share a turn, whoever asked for them (e.g. the bar's new stage and the live
+        layer's new data)."""
+        self._steps.append(step)
+        if not self._turn.isActive():
+            self._turn.start(TURN_MS)
+
+    def _next_turn(self) -> None:
+        if self._steps:
+            step = self._steps.popleft()
+            try:
+                self._post(lambda _: step())
+            finally:
+                if self._steps:
+                    self._turn.start(TURN_MS)
 
     def _update_bar(self, latest: Any) -> None:
         handle, renamed, text = self.handle, False, ""
@@ -316,7 +340,7 @@ class _Job:
             bar = handle.bar
             if bar is None:
                 handle.bar = progress(total=n_total, desc=text)
-                ActivityGif.slow()
+                ActivityGif.pause()
             elif (bar.total, handle._bar_text) != (n_total, text):  # a new stage: the same
                 # bar (a new napari progress bar costs 30-170 ms of GUI time; measured)
                 bar.total, renamed = n_total, True
@@ -324,13 +348,21 @@ class _Job:
         bar = handle.bar
         if bar is not None and self.done is not None:
             bar.n = int(self.done(latest))
-        if renamed:  # the text (napari repaints the window for it), the value next turn
+        if renamed:  # the text (napari repaints the window for it), the value next turn,
+            # unless the bar shows that value already (0, or emptied by its new range)
             bar.set_description(text)
-            self._later(lambda: None if handle.bar is not bar else bar.events.value(value=bar.n))
+            if bar.n != (0 if self._bar_value > bar.total else self._bar_value):
+                self._later(lambda: None if handle.bar is not bar or self._ending
+                            else self._bar_to(bar, bar.n))
         elif bar is not None and self.done is not None:
-            bar.refresh()  # the text ("122/266"), then the bar: napari's activity-dock bar
-            # follows the value event and processes Qt's pending events (a window repaint)
-            bar.events.value(value=bar.n)
+            bar.refresh()  # the text ("122/266"), then the bar
+            self._bar_to(bar, bar.n)
+
+    def _bar_to(self, bar: progress, value: int) -> None:
+        """napari's activity-dock bar follows the value event and processes Qt's pending
+        events (a window repaint)."""
+        self._bar_value = value
+        bar.events.value(value=value)
 
     def _returned(self, value: Any) -> None:
         handle = self.handle
@@ -343,6 +375,8 @@ class _Job:
                 self.on_error(value.error)
             return
         self._flush()
+        self._ending = True  # the bar goes in a turn or two: a value queued now, a stage
+        # that came with the result's last batch, would be one more repaint for nothing
         if self.on_return is not None and not handle.cancelled:
             self.on_return(value)
 

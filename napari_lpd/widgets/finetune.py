@@ -1,7 +1,7 @@
 """Fine-tune widget: train the current checkpoint on the tagged regions of an image.
 
 Runs ``lpd.finetune.fine_tune`` in a worker (live loss curve; the status line shows step,
-loss and ETA, updated at most once a second like every worker update; Cancel), saves
+loss and ETA, updated at most every 2 s like every worker update; Cancel), saves
 the result under a new name, then re-segments the current view with it: through the
 viewer's segmenter (a Segment widget, found through the viewer's ``Session``) when there is
 one, else by predicting the visible region into the Labels layer "LPD labels (fine-tuned)".

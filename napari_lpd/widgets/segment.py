@@ -13,6 +13,7 @@ slide, plan, store) runs in a napari worker at a lower CPU priority."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +344,7 @@ class SegmentWidget(QWidget):
         painted = False
         for event in events:
             if event.plan is not None:
-                self.live.start(self._image, event.plan)
+                self.live.start(self._image, event.plan, later=self._later)
             if event.tiles:
                 self.live.paint(event.tiles)
                 painted = True
@@ -356,6 +357,9 @@ class SegmentWidget(QWidget):
             # changed each second recomposites the window: ~40 ms under software GL)
             self.status.setText("Tiles are painted as they finish; progress in napari's "
                                 "activity dock (bottom right).")
+
+    def _later(self, step: Callable[[], None]) -> None:  # a screen change: the job's turns
+        (self.handle.later if self.handle is not None else lambda f: f())(step)
 
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None

@@ -348,6 +348,24 @@ def test_legend_areas_use_one_unit() -> None:
     assert format_areas([5_000, 12.5]) == ["5000 µm²", "12 µm²"]
 
 
+def test_legend_keeps_its_rows_for_the_same_classes(qtbot) -> None:
+    """A result with the classes already shown fills in figures only (a rebuild of the
+    rows relays the dock out); other classes or colours rebuild it."""
+    from napari_lpd._parts import LegendWidget
+
+    legend = LegendWidget()
+    qtbot.addWidget(legend)
+    names, colours = list(legend.names), [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]
+    legend.set_classes(names, colours)
+    rows = list(legend._rows)
+    legend.set_classes(names, [(*c, 255) for c in colours])  # RGBA: the same colours
+    assert legend._rows == rows
+    legend.set_counts([0, 1, 1, 2, 0], 0.5)
+    assert legend.percentages() == ["25.0 %", "25.0 %", "50.0 %", "0.0 %"]
+    legend.set_classes(names, [(1, 2, 3), *colours[1:]])
+    assert legend._rows != rows and legend.percentages() == ["–"] * 4
+
+
 def test_resampling_beyond_8x_is_refused_unless_ticked(make_napari_viewer, qtbot, tmp_path,
                                                        monkeypatch) -> None:
     """A layer at 0.05 µm/px for a 0.5 µm/px model means shrinking it 10x: refused with one

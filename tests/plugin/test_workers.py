@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import pytest
 from helpers_segment import wait_for
@@ -58,6 +59,12 @@ def test_one_progress_bar_per_job_renamed_per_stage(make_napari_viewer, qtbot,
 
     def job():
         yield from ("a", "a", "b", "c")
+        # the result after the bar has shown the last stage (bar steps still queued when
+        # the result arrives are dropped: the bar goes a turn later)
+        for _ in range(1000):
+            if moved and moved[-1] == 2:
+                break
+            time.sleep(0.01)
 
     values: list[str] = []
     handle = _workers.run_in_worker(job, description="job", total=lambda v: 3,
@@ -160,3 +167,31 @@ def test_the_result_the_bar_and_the_end_come_in_separate_turns(make_napari_viewe
     assert order == ["result", "next turn", "finish"]
     qtbot.wait(3 * _workers.TURN_MS)  # a bar update queued before the end makes no bar
     assert handle.bar is None and not handle.running
+
+
+def test_screen_changes_queued_in_one_turn_run_in_turns_of_their_own(make_napari_viewer,
+                                                                     qtbot) -> None:
+    """``RunHandle.later``: steps asked for in the same turn (the bar's new stage, the live
+    layer's new data) each get an event-loop turn of their own, in order: a 0 ms timer set
+    in a step fires before the next step."""
+    from qtpy.QtCore import QTimer
+
+    make_napari_viewer()
+    order: list[str] = []
+
+    def step(name):
+        def run():
+            order.append(name)
+            QTimer.singleShot(0, lambda: order.append(f"after {name}"))
+        return run
+
+    def job():
+        yield 1
+
+    handle = _workers.run_in_worker(job, description="job", start=False)
+    for name in ("a", "b", "c"):
+        handle.later(step(name))
+    qtbot.waitUntil(lambda: len(order) == 6)
+    assert order == ["a", "after a", "b", "after b", "c", "after c"]
+    handle.worker.start()
+    wait_for(qtbot, handle)
