@@ -65,7 +65,8 @@ class LegendWidget(QWidget):
     def set_classes(self, names: Sequence[str], colours: Sequence[Sequence[int]]) -> None:
         """One row per class (nothing is rebuilt when the classes and colours are the
         ones shown: a rebuild relays the dock out, a repaint of the whole window)."""
-        shown = [(str(n), tuple(int(v) for v in c[:3])) for n, c in zip(names, colours, strict=True)]
+        shown = [(str(n), tuple(int(v) for v in c[:3]))
+                 for n, c in zip(names, colours, strict=True)]
         if self._rows and shown == getattr(self, "_shown", None):
             return
         self._shown = shown

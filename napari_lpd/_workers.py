@@ -3,10 +3,10 @@
 The compute generator (e.g. ``lpd.segmentation.segment_iter``) yields progress per tile
 batch or training step and returns its result. ``run_in_worker`` wraps it in a napari
 ``GeneratorWorker``; yielded values reach ``on_yield`` on the GUI thread, coalesced to one
-call per UPDATE_INTERVAL_S (2 s) (a timer flushes a trailing batch), and a ``napari.utils.progress`` bar in
-the activity dock follows them, one event-loop turn later (docs/architecture.md, Threads
-and responsiveness: per-batch progress updates cost 15-25 % throughput; each GUI change
-in a turn of its own keeps each repaint's stall short).
+call per ``UPDATE_INTERVAL_S`` (2 s; a timer flushes a trailing batch), and a
+``napari.utils.progress`` bar in the activity dock follows them, one event-loop turn later
+(docs/architecture.md, Threads and responsiveness: per-batch progress updates cost 15-25 %
+throughput; each GUI change in a turn of its own keeps each repaint's stall short).
 
 Cancel: ``RunHandle.cancel()`` sets a flag that the wrapper checks before asking the lpd
 generator for its next value; the wrapper then closes the generator *in the worker thread*
@@ -42,10 +42,10 @@ from napari_lpd._notify import error_message, notify_error
 # software GL, CPU that the job's threads lose, so GUI-side updates are coalesced: one per
 # UPDATE_INTERVAL_S (benchmarks/gui_responsiveness.py, 2 cores: one per 500 ms gave 0.77
 # of the CLI's tiles/s; with the layer list kept quiet, one per second 0.83, one per 2 s
-# 0.87, load ~1). Each step that changes the
-# window (tiles, the bar's value, the result, the bar's removal, the widget's end state)
-# gets an event-loop turn of its own, TURN_MS after the one before: two such changes in
-# one turn stalled it 90-180 ms. The bar moves every BAR_EVERY updates (and at each stage).
+# 0.87, load ~1). Each step that changes the window (tiles, the bar's value, the result,
+# the bar's removal, the widget's end state) gets an event-loop turn of its own, TURN_MS
+# after the one before: two such changes in one turn stalled it 90-180 ms. The bar moves
+# every BAR_EVERY updates (and at each stage).
 UPDATE_INTERVAL_S = 2.0
 TURN_MS = 40
 BAR_EVERY = 1
@@ -139,7 +139,8 @@ def run_in_worker(
         one bar.
     on_yield : callable, optional
         Receives the values yielded since the last GUI update (a list, never empty), at
-        most once per UPDATE_INTERVAL_S; the last batch is always flushed before ``on_return``.
+        most once per UPDATE_INTERVAL_S; the last batch is always flushed before
+        ``on_return``.
     on_return : callable, optional
         The generator's return value; skipped after a cancel.
     on_error : callable, optional
