@@ -258,14 +258,10 @@ def store_labels_layer(
 
 
 def upsert_layer(viewer: Any, data: Any, meta: dict[str, Any], kind: str,
-                 replace: Sequence[str] = (), prepare: Any = None,
-                 activate: bool = True) -> Any:
+                 replace: Sequence[str] = (), prepare: Any = None) -> Any:
     """Add a layer, replacing (at the same place in the list) a layer of the same name or
     one named in ``replace``, so reruns never pile up duplicates. ``prepare(layer)``, when
-    given, runs on the new layer before it is added. ``activate=False`` leaves the
-    viewer's selection as it is (napari makes an added layer the active one: its layer
-    controls replace the current ones, a relayout of the dock; a run's layer should not
-    take the selection from the layer the user works on)."""
+    given, runs on the new layer before it is added."""
     from napari.layers import Image, Labels
 
     names = {meta["name"], *replace}
@@ -277,17 +273,10 @@ def upsert_layer(viewer: Any, data: Any, meta: dict[str, Any], kind: str,
     layer = (Labels if kind == "labels" else Image)(data, **meta)
     if prepare is not None:
         prepare(layer)
-    layers = viewer.layers
-    # napari's switch for it is private (SelectableEventedList._activate_on_insert); a
-    # napari without it activates the layer, as before
-    was = getattr(layers, "_activate_on_insert", None)
-    if was is not None and not activate:
-        layers._activate_on_insert = False
-    try:
-        layers.insert(len(layers) if index is None else min(index, len(layers)), layer)
-    finally:
-        if was is not None:
-            layers._activate_on_insert = was
+    if index is None:
+        viewer.layers.append(layer)
+    else:
+        viewer.layers.insert(min(index, len(viewer.layers)), layer)
     return layer
 
 

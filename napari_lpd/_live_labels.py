@@ -61,7 +61,7 @@ class LiveLabels:
             "translate": tuple(image.translate[-2:]), "units": tuple(image.units),
             "colormap": class_colormap(), "opacity": LABELS_OPACITY,
             "metadata": LayerMeta(complete=False).to_metadata(),
-        }, "labels", prepare=defer_edit_overlays, activate=False)
+        }, "labels", prepare=defer_edit_overlays)
 
     def start(self, image: Any, plan: Any,
               later: Callable[[Callable[[], None]], None] | None = None) -> None:
@@ -146,7 +146,7 @@ class LiveLabels:
             running = [] if layer is None else [layer.name]
             meta["name"] = _free_name(self.viewer, name)
             layer = upsert_layer(self.viewer, data, meta, kind, replace=running,
-                                 prepare=defer_edit_overlays, activate=False)
+                                 prepare=defer_edit_overlays)
         self.layer, self.preview = None, None
         self.running.clear()
         return layer
