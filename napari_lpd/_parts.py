@@ -60,6 +60,7 @@ class LegendWidget(QWidget):
         self._grid.setContentsMargins(0, 0, 0, 0)
         self.title = QLabel("Legend")
         self._rows: list[tuple[QLabel, QLabel, QLabel, QLabel]] = []
+        self._shown: list[tuple[str, tuple[int, ...]]] = []  # the rows' names and colours
         self.set_classes(CLASS_NAMES, DEFAULT_COLOURS)
 
     def set_classes(self, names: Sequence[str], colours: Sequence[Sequence[int]]) -> None:
@@ -67,7 +68,7 @@ class LegendWidget(QWidget):
         ones shown: a rebuild relays the dock out, a repaint of the whole window)."""
         shown = [(str(n), tuple(int(v) for v in c[:3]))
                  for n, c in zip(names, colours, strict=True)]
-        if self._rows and shown == getattr(self, "_shown", None):
+        if self._rows and shown == self._shown:
             return
         self._shown = shown
         for row in self._rows:
