@@ -16,7 +16,8 @@ from helpers_models import PassCounter
 from lpd.data.sample import sample_path
 from lpd.data.synthetic import synthetic_tissue
 from lpd.errors import InputError
-from lpd.infer._blend import extreme_samples, labels_on_part, local_interpolation
+from lpd.infer._blend import extreme_samples, local_interpolation
+from lpd.infer._labels import labels_on_part
 from lpd.infer._plan import tissue_fractions
 from lpd.infer._sink import RESUME_STATE
 from lpd.infer.patch import labels_from_scores, predicted_presence, score_maps

@@ -16,16 +16,9 @@ class RowAccumulator:
         self.buf = torch.zeros((channels + 1, 0, width), device=device)
         self.base = 0  # grid row of buf row 0
 
-    def add(self, y: int, x: int, values: torch.Tensor, weights: torch.Tensor) -> None:
-        end = y + values.shape[-2]
-        self._cover(y, end)
-        view = self.buf[:, y - self.base : end - self.base, x : x + values.shape[-1]]
-        view[:-1] += values * weights
-        view[-1] += weights
-
     def add_terms(self, y: int, x: int, terms: torch.Tensor) -> None:
-        """``add`` with the weighted maps and the weights made already: ``terms`` (C + 1,
-        n, n) holds ``values * weights`` and then ``weights`` (the same sums)."""
+        """Add one window's terms at cell (y, x): ``terms`` (C + 1, n, n) holds its
+        weighted maps ``values * weights``, then ``weights``."""
         end = y + terms.shape[-2]
         self._cover(y, end)
         self.buf[:, y - self.base : end - self.base, x : x + terms.shape[-1]] += terms

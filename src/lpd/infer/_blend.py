@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lpd.infer._band import RowAccumulator, disjoint_groups
-from lpd.infer._labels import add_scale, fusion_terms, labels_of_fused, labels_on_part
+from lpd.infer._labels import add_scale, fusion_terms, labels_of_fused
 from lpd.infer.patch import predicted_presence
 from lpd.tiling import AxisGrid
 
@@ -47,9 +47,6 @@ from lpd.tiling import AxisGrid
 #: two buffers, stay in a core's L2 cache (measured on the bench slide's real maps: 0.76 ms
 #: per window against 0.85 for whole groups of 8 and 0.87 one by one; the same labels).
 CHUNK_WINDOWS = 4
-
-__all__ = ["ScoreBlender", "WindowLabels", "blend", "extreme_samples", "labels_on_part",
-           "local_interpolation"]
 
 
 def blend(raw: torch.Tensor) -> torch.Tensor:
@@ -137,13 +134,6 @@ class ScoreBlender:
         self._weights: dict[tuple, torch.Tensor] = {}
         self._interp: dict[tuple, torch.Tensor | tuple[torch.Tensor, ...]] = {}
         self._work: dict[tuple, torch.Tensor] = {}
-
-    def add(self, r: int, c: int, cams: Sequence[torch.Tensor]) -> None:
-        """Class maps of window (r, c), one (C, n_s, n_s) per fused scale."""
-        for k, (acc, m) in enumerate(zip(self.acc, cams, strict=True)):
-            s = self.strides[k]
-            acc.add(self._cy(r, s), self._cx(c, s), m.float(), self._weight(k, r, c))
-        self.computed.add((r, c))
 
     def add_batch(self, windows: Sequence[tuple[int, int]], cams: Sequence[torch.Tensor]) -> None:
         """Class maps of a batch of windows ``(r, c)``, one (B, C, n_s, n_s) per fused scale:
