@@ -22,9 +22,6 @@ traceback and reported by type and message)."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -37,6 +34,7 @@ from qtpy.QtCore import QTimer
 
 from napari_lpd._activity import ActivityGif
 from napari_lpd._notify import error_message, notify_error
+from napari_lpd._priority import lower_thread_priority
 
 # docs/architecture.md (Threads and responsiveness): a window repaint costs 40-80 ms under
 # software GL, CPU that the job's threads lose, so GUI-side updates are coalesced: one per
@@ -45,34 +43,11 @@ from napari_lpd._notify import error_message, notify_error
 # 0.87, load ~1). Each step that changes the window (tiles, the bar's value, the result,
 # the bar's removal, the widget's end state) gets an event-loop turn of its own, TURN_MS
 # after the one before: two such changes in one turn stalled it 90-180 ms. The bar moves
-# every BAR_EVERY updates (and at each stage).
+# at each update.
 UPDATE_INTERVAL_S = 2.0
 TURN_MS = 40
-BAR_EVERY = 1
 
 log = logging.getLogger(__name__)
-
-# Compute runs at a lower CPU priority than the GUI thread: on the 2-core machine here the
-# torch threads otherwise take the cores the event loop needs, and with it the whole Segment
-# run measured 0.68-0.77 of the CLI's tiles/s with 100-130 ms tick gaps while tiles were
-# painted; at nice 10, 0.81 and at most 64 ms (benchmarks/gui_responsiveness.py).
-BACKGROUND_NICE = 10
-
-
-def lower_thread_priority(nice: int = BACKGROUND_NICE) -> None:
-    """Give the calling thread (and every thread it starts from now on: torch's OpenMP
-    team, lpd's reader thread) the Linux nice value ``nice``, so the GUI thread wins the
-    CPU whenever it has work. Elsewhere, or when refused, nothing happens. An unprivileged
-    process cannot raise it back: the worker thread stays low-priority until Qt's thread
-    pool retires it (30 s idle), which is what background work wants anyway."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-    except OSError:
-        log.debug("could not lower the worker thread's priority", exc_info=True)
-
 
 @dataclass
 class _Failed:
@@ -208,7 +183,6 @@ class _Job:
         self._last_update = 0.0
         self._queue: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._pumping = self._ending = False  # ending: the worker is done, the bar too
-        self._bar_at, self._bar_stage = 0.0, None  # the bar's last update
         self._bar_value = 0  # the value the bar shows
         self._timer = QTimer()  # flushes a trailing batch when no yield follows
         self._timer.setSingleShot(True)
@@ -301,18 +275,7 @@ class _Job:
         if self.on_yield is not None and not handle.orphaned:
             self.on_yield(values)
         latest = values[-1]
-        if self._bar_due(latest):
-            self._later(lambda: None if self._ending else self._update_bar(latest))
-
-    def _bar_due(self, latest: Any) -> bool:
-        """The bar moves at every BAR_EVERY-th update and at each new stage (a bar update
-        repaints the window: GUI-side CPU that the job's threads do not get)."""
-        now, stage = time.monotonic(), (self.total and self.total(latest),
-                                         self.describe and self.describe(latest))
-        if stage != self._bar_stage or now - self._bar_at >= BAR_EVERY * UPDATE_INTERVAL_S:
-            self._bar_stage, self._bar_at = stage, now
-            return True
-        return False
+        self._later(lambda: None if self._ending else self._update_bar(latest))
 
     def _later(self, step: Callable[[], None]) -> None:
         """Run ``step`` in an event-loop turn of its own, TURN_MS after the step queued

@@ -13,7 +13,6 @@ slide, plan, store) runs in a napari worker at a lower CPU priority."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -340,11 +339,11 @@ class SegmentWidget(QWidget):
 
     # ---- GUI-thread callbacks (throttled by run_in_worker) --------------------------
     def _on_events(self, events: list[JobEvent]) -> None:
-        assert self._image is not None
+        assert self._image is not None and self.handle is not None  # set by ``run``
         painted = False
         for event in events:
             if event.plan is not None:
-                self.live.start(self._image, event.plan, later=self._later)
+                self.live.start(self._image, event.plan, later=self.handle.later)
             if event.tiles:
                 self.live.paint(event.tiles)
                 painted = True
@@ -357,9 +356,6 @@ class SegmentWidget(QWidget):
             # changed each second recomposites the window: ~40 ms under software GL)
             self.status.setText("Tiles are painted as they finish; progress in napari's "
                                 "activity dock (bottom right).")
-
-    def _later(self, step: Callable[[], None]) -> None:  # a screen change: the job's turns
-        (self.handle.later if self.handle is not None else lambda f: f())(step)
 
     def _on_done(self, outcome: SegmentOutcome) -> None:
         assert self._image is not None

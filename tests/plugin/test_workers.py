@@ -12,6 +12,7 @@ import pytest
 from helpers_segment import wait_for
 
 from napari_lpd import _workers
+from napari_lpd._priority import BACKGROUND_NICE
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
@@ -34,9 +35,9 @@ def test_job_threads_run_at_background_priority(make_napari_viewer, qtbot) -> No
                                     on_return=returned.append)
     wait_for(qtbot, handle)
     gui = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert seen == [max(gui, _workers.BACKGROUND_NICE)]
+    assert seen == [max(gui, BACKGROUND_NICE)]
     assert returned == seen  # threads the job starts inherit it
-    assert gui < _workers.BACKGROUND_NICE  # the GUI thread itself is untouched
+    assert gui < BACKGROUND_NICE  # the GUI thread itself is untouched
 
 
 def test_one_progress_bar_per_job_renamed_per_stage(make_napari_viewer, qtbot,
