@@ -111,10 +111,10 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
     widget.live.open = timed(widget.live.open, lambda image: "running layer added")
     widget.live._show = timed(widget.live._show, lambda *a: "preview shown")
     job = _workers._Job
-    real = _workers.progress, job._update_bar, job._finished, job._end
+    real = _workers.progress, job._update_bar, job._close_bar, job._end
     _workers.progress = timed(real[0], lambda **kw: "progress bar added")
     job._update_bar = timed(real[1], lambda *a: "bar update")
-    job._finished = timed(real[2], lambda *a: "bar removed")
+    job._close_bar = timed(real[2], lambda *a: "bar removed")
     job._end = timed(real[3], lambda *a: "legend, status, buttons")
     probe = QTimer()
     probe.setTimerType(Qt.TimerType.PreciseTimer)
@@ -138,7 +138,7 @@ def gui_run(viewer, checkpoint: Path, slide_layer, live: bool = True) -> dict:
         side = {k: v - side0[k] for k, v in gui_side_cpu().items()}
         settle(AFTER_MS)  # what the end left to do (repaints, deferred work) counts too
     finally:
-        _workers.progress, job._update_bar, job._finished, job._end = real
+        _workers.progress, job._update_bar, job._close_bar, job._end = real
     probe.stop()
     poll.stop()
     if handle.failed is not None:
